@@ -1,0 +1,45 @@
+"""PruneLens pruning core: visual-token pruning methods and their metrics, in pure torch.
+
+    import pruning
+    sel = pruning.select("adaptive", inputs, budget=64, erank_avg=90.0)
+    sel.keep                      # raster-sorted kept patch indices
+    pruning.list_methods()        # every registered method
+
+Methods and metrics follow shared/docs/methods.md; see each ``select_<name>`` docstring.
+"""
+
+from . import methods  # noqa: F401  (registers every method)
+from .apply import apply_selection
+from .methods.adaptive import select_adaptive
+from .methods.attention import select_attention
+from .methods.baselines import select_random, select_uniform
+from .methods.diversity import select_diversity
+from .methods.hybrid import select_hybrid, select_hybrid_erank
+from .methods.visionzip import select_visionzip
+from .methods.vispruner import select_vispruner
+from .metrics import attention_entropy, effective_rank, retained_attention
+from .registry import get_method, list_methods, method_params, select, select_batch
+from .types import PruneInputs, Selection
+
+__all__ = [
+    "PruneInputs",
+    "Selection",
+    "apply_selection",
+    "attention_entropy",
+    "effective_rank",
+    "get_method",
+    "list_methods",
+    "method_params",
+    "retained_attention",
+    "select",
+    "select_adaptive",
+    "select_attention",
+    "select_batch",
+    "select_diversity",
+    "select_hybrid",
+    "select_hybrid_erank",
+    "select_random",
+    "select_uniform",
+    "select_visionzip",
+    "select_vispruner",
+]

@@ -1,0 +1,179 @@
+"""The two records every pruning method speaks: what it selects from, and what it selected.
+
+Field names follow ``shared/docs/methods.md``: ``feats_pre`` is V, ``feats`` is F, ``cls_attn`` is a,
+``keys`` is Kv. Both records are frozen; methods never mutate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["PruneInputs", "Selection"]
+
+
+def _check_tensor(name: str, value: Any, ndim: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(value.shape)}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(bad)}: {value[tuple(bad)].item()})")
+    return value
+
+
+@dataclass(frozen=True)
+class PruneInputs:
+    """One image's visual encoding, as the pruning methods see it.
+
+    Attributes:
+        feats_pre: V, (N, C) vision-tower hidden states of the feature layer, [CLS] dropped.
+        feats: F, (N, D) V after the multimodal projector (what the LLM receives).
+        cls_attn: a, (N,) [CLS] attention to each patch in the feature layer, head-averaged.
+        grid: (rows, cols) of the patch grid, rows * cols == N, tokens in raster order.
+        keys: Kv, optional (N, h) head-averaged keys of the feature layer (VisionZip).
+        cls_feat: optional (C,) hidden state of [CLS] in the feature layer (VisionZip).
+
+    Construction validates shapes, agreement of N across tensors, devices and finiteness, and
+    raises ``ValueError`` naming the offending field. Zero-norm rows are only an error for the
+    methods that need cosine similarity, so they are checked there.
+    """
+
+    feats_pre: torch.Tensor
+    feats: torch.Tensor
+    cls_attn: torch.Tensor
+    grid: tuple[int, int]
+    keys: torch.Tensor | None = None
+    cls_feat: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_tensor("feats_pre", self.feats_pre, 2)
+        _check_tensor("feats", self.feats, 2)
+        _check_tensor("cls_attn", self.cls_attn, 1)
+        n = self.feats.shape[0]
+        if n < 1:
+            raise ValueError("feats has no tokens (N = 0)")
+        for name in ("feats_pre", "cls_attn"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(
+                    f"{name} has {getattr(self, name).shape[0]} tokens but feats has {n}: N must match"
+                )
+        if bool((self.cls_attn < 0).any()):
+            raise ValueError(f"cls_attn must be non-negative, got minimum {self.cls_attn.min().item()}")
+        if self.keys is not None:
+            _check_tensor("keys", self.keys, 2)
+            if self.keys.shape[0] != n:
+                raise ValueError(f"keys has {self.keys.shape[0]} tokens but feats has {n}: N must match")
+        if self.cls_feat is not None:
+            _check_tensor("cls_feat", self.cls_feat, 1)
+            if self.cls_feat.shape[0] != self.feats_pre.shape[1]:
+                raise ValueError(
+                    f"cls_feat has {self.cls_feat.shape[0]} channels but feats_pre has "
+                    f"{self.feats_pre.shape[1]}: they must match"
+                )
+        grid = tuple(self.grid) if isinstance(self.grid, (tuple, list)) else self.grid
+        if (
+            not isinstance(grid, tuple)
+            or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)
+        ):
+            raise ValueError(f"grid must be a pair of positive ints (rows, cols), got {self.grid!r}")
+        if grid[0] * grid[1] != n:
+            raise ValueError(f"grid {grid} holds {grid[0] * grid[1]} patches but there are N = {n} tokens")
+        object.__setattr__(self, "grid", grid)
+        device = self.feats.device
+        for name in ("feats_pre", "cls_attn", "keys", "cls_feat"):
+            t = getattr(self, name)
+            if t is not None and t.device != device:
+                raise ValueError(f"{name} is on {t.device} but feats is on {device}: put all inputs on one device")
+
+    @property
+    def n_tokens(self) -> int:
+        """N, the number of patch tokens."""
+        return self.feats.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.feats.device
+
+    @staticmethod
+    def unbatch(
+        feats_pre: torch.Tensor,
+        feats: torch.Tensor,
+        cls_attn: torch.Tensor,
+        grid: tuple[int, int],
+        keys: torch.Tensor | None = None,
+        cls_feat: torch.Tensor | None = None,
+    ) -> list[PruneInputs]:
+        """Split batched tensors (B, N, C), (B, N, D), (B, N)[, (B, N, h), (B, C)] into B inputs."""
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
+            raise ValueError(f"unbatch needs feats of shape (B, N, D), got {getattr(feats, 'shape', None)}")
+        b = feats.shape[0]
+        for name, t, ndim in (("feats_pre", feats_pre, 3), ("cls_attn", cls_attn, 2), ("keys", keys, 3),
+                              ("cls_feat", cls_feat, 2)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != ndim or t.shape[0] != b):
+                raise ValueError(
+                    f"{name} must have {ndim} dimensions with batch size {b}, got {getattr(t, 'shape', None)}"
+                )
+        return [
+            PruneInputs(
+                feats_pre=feats_pre[i],
+                feats=feats[i],
+                cls_attn=cls_attn[i],
+                grid=grid,
+                keys=None if keys is None else keys[i],
+                cls_feat=None if cls_feat is None else cls_feat[i],
+            )
+            for i in range(b)
+        ]
+
+    def to(self, device: torch.device | str) -> PruneInputs:
+        """A copy with every tensor on ``device``."""
+        move = lambda t: None if t is None else t.to(device)
+        return PruneInputs(
+            feats_pre=move(self.feats_pre),
+            feats=move(self.feats),
+            cls_attn=move(self.cls_attn),
+            grid=self.grid,
+            keys=move(self.keys),
+            cls_feat=move(self.cls_feat),
+        )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a method kept.
+
+    Attributes:
+        method: registry name of the method that made it.
+        budget: the number of visual tokens the LLM receives (after clipping to N).
+        keep: (K',) int64, raster-sorted indices of the patches whose own features are kept.
+        order: (K',) int64, the same indices in the order the method picked them.
+        tokens: optional (K, C) output tokens for merging methods, in the order the LLM receives
+            them; they live in ``tokens_space`` (``"pre_projector"``: project them before the LLM).
+        groups: optional (N,) int64 patch -> output slot of ``tokens`` (-1 = dropped).
+        info: diagnostics (plain Python values or CPU tensors), e.g. ``image_erank``, ``taus``.
+
+    For selection methods K' == budget and ``tokens`` is None. For merging methods (visionzip)
+    ``tokens`` holds all ``budget`` outputs and ``keep`` only the patches passed through unmerged.
+    """
+
+    method: str
+    budget: int
+    keep: torch.Tensor
+    order: torch.Tensor
+    tokens: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
+    tokens_space: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_output_tokens(self) -> int:
+        """How many visual tokens the LLM receives with this selection."""
+        return self.tokens.shape[0] if self.tokens is not None else self.keep.shape[0]

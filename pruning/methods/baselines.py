@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,7 +34,8 @@ def select_random(
     return selection_from_order("random", inputs, order, info)
 
 
-def uniform_grid(grid: tuple[int, int], budget: int) -> list[int]:
+@functools.lru_cache(maxsize=64)
+def uniform_grid(grid: tuple[int, int], budget: int) -> tuple[int, ...]:
     """Exactly ``budget`` raster indices spread evenly over a (rows, cols) grid.
 
     The picks form k_r rows of points (k_r ≈ sqrt(K·rows/cols)); row bands and the points within
@@ -46,11 +48,12 @@ def uniform_grid(grid: tuple[int, int], budget: int) -> list[int]:
         y = int((band + 0.5) * rows / k_rows)
         in_row = budget // k_rows + (1 if band < budget % k_rows else 0)
         picks.extend(y * cols + int((j + 0.5) * cols / in_row) for j in range(in_row))
-    return picks
+    return tuple(picks)
 
 
 @register("uniform")
 def select_uniform(inputs: PruneInputs, budget: int) -> Selection:
     """An evenly spaced spatial grid of K patches, ignoring the image content."""
     order = torch.tensor(uniform_grid(inputs.grid, budget), dtype=torch.long, device=inputs.device)
-    return selection_from_order("uniform", inputs, order, {"grid": inputs.grid})
+    return Selection(method="uniform", budget=budget, keep=order, order=order.clone(),
+                     info={"n_tokens": inputs.n_tokens, "grid": inputs.grid})

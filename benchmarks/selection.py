@@ -65,8 +65,8 @@ def run(sizes, device: str, repeats: int, plain_repeats: int, n_images: int) -> 
                 for im, cpu in zip(images, cpu_images)
             )
             all_same &= same
-            ours = median_ms(lambda im: pruning.select(method, im, k), images, repeats, device)
-            plain = median_ms(lambda im: _plain_picks(method, im, k), cpu_images, plain_repeats, "cpu")
+            ours = median_ms(lambda im, m=method, k=k: pruning.select(m, im, k), images, repeats, device)
+            plain = median_ms(lambda im, m=method, k=k: _plain_picks(m, im, k), cpu_images, plain_repeats, "cpu")
             print(
                 f"| {n} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
                 f"{'yes' if same else 'NO'} |",

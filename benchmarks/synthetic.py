@@ -50,6 +50,10 @@ def synthetic_inputs(
     cls_feat = torch.randn(dim_pre, generator=g)
     to = lambda t: t.to(device=device, dtype=dtype)
     return PruneInputs(
-        feats_pre=to(feats_pre), feats=to(feats), cls_attn=to(cls_attn), grid=grid, keys=to(keys),
+        feats_pre=to(feats_pre),
+        feats=to(feats),
+        cls_attn=to(cls_attn),
+        grid=grid,
+        keys=to(keys),
         cls_feat=to(cls_feat),
     )

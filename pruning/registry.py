@@ -101,9 +101,7 @@ def register(name: str, *, needs: Sequence[str] = (), checks: dict[str, Check] |
 
     def decorator(fn: Callable[..., Selection]) -> Callable[..., Selection]:
         sig = inspect.signature(fn)
-        defaults = {
-            p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        defaults = {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         unknown_checks = set(checks) - set(defaults)
         if unknown_checks:
             raise TypeError(f"checks for unknown parameters {sorted(unknown_checks)} of method {name!r}")

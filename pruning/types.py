@@ -61,9 +61,7 @@ class PruneInputs:
             raise ValueError("feats has no tokens (N = 0)")
         for name in ("feats_pre", "cls_attn"):
             if getattr(self, name).shape[0] != n:
-                raise ValueError(
-                    f"{name} has {getattr(self, name).shape[0]} tokens but feats has {n}: N must match"
-                )
+                raise ValueError(f"{name} has {getattr(self, name).shape[0]} tokens but feats has {n}: N must match")
         if bool((self.cls_attn < 0).any()):
             raise ValueError(f"cls_attn must be non-negative, got minimum {self.cls_attn.min().item()}")
         if self.keys is not None:
@@ -115,8 +113,12 @@ class PruneInputs:
         if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
             raise ValueError(f"unbatch needs feats of shape (B, N, D), got {getattr(feats, 'shape', None)}")
         b = feats.shape[0]
-        for name, t, ndim in (("feats_pre", feats_pre, 3), ("cls_attn", cls_attn, 2), ("keys", keys, 3),
-                              ("cls_feat", cls_feat, 2)):
+        for name, t, ndim in (
+            ("feats_pre", feats_pre, 3),
+            ("cls_attn", cls_attn, 2),
+            ("keys", keys, 3),
+            ("cls_feat", cls_feat, 2),
+        ):
             if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != ndim or t.shape[0] != b):
                 raise ValueError(
                     f"{name} must have {ndim} dimensions with batch size {b}, got {getattr(t, 'shape', None)}"

@@ -9,8 +9,11 @@ import pruning
 def make(n=16, **override):
     g = torch.Generator().manual_seed(0)
     fields = dict(
-        feats_pre=torch.randn(n, 8, generator=g), feats=torch.randn(n, 12, generator=g),
-        cls_attn=torch.rand(n, generator=g), grid=(4, n // 4), keys=torch.randn(n, 4, generator=g),
+        feats_pre=torch.randn(n, 8, generator=g),
+        feats=torch.randn(n, 12, generator=g),
+        cls_attn=torch.rand(n, generator=g),
+        grid=(4, n // 4),
+        keys=torch.randn(n, 4, generator=g),
         cls_feat=torch.randn(8, generator=g),
     )
     fields.update(override)
@@ -101,8 +104,14 @@ def test_missing_input_a_method_needs(field):
 
 @pytest.mark.parametrize(
     "method, field",
-    [("diversity", "feats"), ("adaptive", "feats"), ("hybrid", "feats"), ("hybrid-erank", "feats"),
-     ("vispruner", "feats_pre"), ("visionzip", "keys")],
+    [
+        ("diversity", "feats"),
+        ("adaptive", "feats"),
+        ("hybrid", "feats"),
+        ("hybrid-erank", "feats"),
+        ("vispruner", "feats_pre"),
+        ("visionzip", "keys"),
+    ],
 )
 def test_zero_norm_rows_are_named(method, field):
     tensor = getattr(make(), field).clone()

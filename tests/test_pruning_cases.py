@@ -19,9 +19,7 @@ import pruning
 from benchmarks.plain import plain_select, plain_visionzip
 from benchmarks.synthetic import synthetic_inputs
 
-FIVE = torch.tensor(
-    [[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.2]]
-)
+FIVE = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.2]])
 ATTN = torch.tensor([0.30, 0.25, 0.05, 0.20, 0.20])  # attention order: 0, 1, 3, 4 (tie -> 3 first), 2
 
 

@@ -18,7 +18,14 @@ def small_inputs(seed=0, grid=(8, 8), dim_pre=48, dim=96):
 
 def test_registry_lists_the_specified_methods():
     assert METHODS == [
-        "attention", "diversity", "adaptive", "vispruner", "visionzip", "hybrid", "hybrid-erank", "random",
+        "attention",
+        "diversity",
+        "adaptive",
+        "vispruner",
+        "visionzip",
+        "hybrid",
+        "hybrid-erank",
+        "random",
         "uniform",
     ]
 
@@ -69,8 +76,12 @@ def test_duplicate_tokens_keep_the_lower_index(method):
     base = small_inputs(seed=5)
     copy = lambda t: t.clone().index_copy_(0, torch.tensor([50]), t[10:11])
     inputs = pruning.PruneInputs(
-        feats_pre=copy(base.feats_pre), feats=copy(base.feats), cls_attn=copy(base.cls_attn), grid=base.grid,
-        keys=copy(base.keys), cls_feat=base.cls_feat,
+        feats_pre=copy(base.feats_pre),
+        feats=copy(base.feats),
+        cls_attn=copy(base.cls_attn),
+        grid=base.grid,
+        keys=copy(base.keys),
+        cls_feat=base.cls_feat,
     )
     for budget in (4, 12, 30, 50):
         keep = set(pruning.select(method, inputs, budget).keep.tolist())
@@ -119,8 +130,12 @@ def test_select_batch_equals_single_calls(method):
 def test_any_float_dtype(method, dtype):
     inputs = small_inputs(seed=1)
     low = pruning.PruneInputs(
-        inputs.feats_pre.to(dtype), inputs.feats.to(dtype), inputs.cls_attn.to(dtype), inputs.grid,
-        keys=inputs.keys.to(dtype), cls_feat=inputs.cls_feat.to(dtype),
+        inputs.feats_pre.to(dtype),
+        inputs.feats.to(dtype),
+        inputs.cls_attn.to(dtype),
+        inputs.grid,
+        keys=inputs.keys.to(dtype),
+        cls_feat=inputs.cls_feat.to(dtype),
     )
     sel = pruning.select(method, low, 16)
     assert sel.n_output_tokens == 16
@@ -140,8 +155,11 @@ def test_any_grid_and_budget(method, rows, cols, data):
     seed = data.draw(st.integers(0, 10_000))
     g = torch.Generator().manual_seed(seed)
     inputs = pruning.PruneInputs(
-        feats_pre=torch.randn(n, 6, generator=g), feats=torch.randn(n, 10, generator=g),
-        cls_attn=torch.rand(n, generator=g), grid=(rows, cols), keys=torch.randn(n, 3, generator=g),
+        feats_pre=torch.randn(n, 6, generator=g),
+        feats=torch.randn(n, 10, generator=g),
+        cls_attn=torch.rand(n, generator=g),
+        grid=(rows, cols),
+        keys=torch.randn(n, 3, generator=g),
         cls_feat=torch.randn(6, generator=g),
     )
     sel = pruning.select(method, inputs, budget)

@@ -2,6 +2,7 @@
 
 Imported in methods.md's order, which is the order ``list_methods()`` reports.
 """
+
 # isort: skip_file
 from . import attention  # noqa: F401
 from . import diversity  # noqa: F401

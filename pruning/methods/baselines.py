@@ -55,5 +55,10 @@ def uniform_grid(grid: tuple[int, int], budget: int) -> tuple[int, ...]:
 def select_uniform(inputs: PruneInputs, budget: int) -> Selection:
     """An evenly spaced spatial grid of K patches, ignoring the image content."""
     order = torch.tensor(uniform_grid(inputs.grid, budget), dtype=torch.long, device=inputs.device)
-    return Selection(method="uniform", budget=budget, keep=order, order=order.clone(),
-                     info={"n_tokens": inputs.n_tokens, "grid": inputs.grid})
+    return Selection(
+        method="uniform",
+        budget=budget,
+        keep=order,
+        order=order.clone(),
+        info={"n_tokens": inputs.n_tokens, "grid": inputs.grid},
+    )

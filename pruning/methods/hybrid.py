@@ -64,8 +64,13 @@ def hybrid_erank_ratio(
 
 @register(
     "hybrid-erank",
-    checks={"r_hi": unit_interval, "r_lo": unit_interval, "erank_lo": finite_number, "erank_hi": finite_number,
-            "inverse": boolean},
+    checks={
+        "r_hi": unit_interval,
+        "r_lo": unit_interval,
+        "erank_lo": finite_number,
+        "erank_hi": finite_number,
+        "inverse": boolean,
+    },
 )
 def select_hybrid_erank(
     inputs: PruneInputs,

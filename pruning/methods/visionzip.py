@@ -67,6 +67,12 @@ def select_visionzip(inputs: PruneInputs, budget: int, *, dominant: int | None =
     tokens = torch.cat(parts)  # (K, C)
     info = {"n_tokens": n, "n_dominant": d, "n_contextual": c}
     return Selection(
-        method="visionzip", budget=budget, keep=keep, order=order, tokens=tokens, groups=groups,
-        tokens_space="pre_projector", info=info,
+        method="visionzip",
+        budget=budget,
+        keep=keep,
+        order=order,
+        tokens=tokens,
+        groups=groups,
+        tokens_space="pre_projector",
+        info=info,
     )

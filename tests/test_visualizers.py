@@ -64,7 +64,7 @@ def test_merged_groups_are_outlined_and_visible():
     merged = [i for i, g in enumerate(sel.groups.tolist()) if g >= 0 and i not in sel.keep.tolist()]
     assert merged, "visionzip should merge some patches"
     i = merged[0]
-    x0, y0, x1, y1 = patch_boxes((64, 64), (4, 4))[i]
+    x0, y0, _, _ = patch_boxes((64, 64), (4, 4))[i]
     assert tuple(out[y0, x0 + 5]) == group_colour(sel.groups[i].item())  # outline in group colour
     assert (out[y0 + 5, x0 + 5] == 120).all()  # interior undimmed
 

@@ -44,9 +44,7 @@ def effective_rank(x: torch.Tensor) -> float:
     n, d = x.shape
     if n < 1 or d < 1:
         raise ValueError(f"effective_rank needs a non-empty matrix, got shape {(n, d)}")
-    if not x.is_floating_point():
-        x = x.float()
-    x = x.float()
+    x = x.detach().float()
     if not bool(torch.isfinite(x).all()):
         raise ValueError("effective_rank input contains NaN or Inf")
     xc = x - x.mean(dim=0, keepdim=True)  # (n, d)
@@ -57,7 +55,7 @@ def effective_rank(x: torch.Tensor) -> float:
 def _attention_probs(a: torch.Tensor) -> torch.Tensor:
     if not isinstance(a, torch.Tensor) or a.dim() != 1 or a.numel() < 1:
         raise ValueError(f"attention must be a non-empty 1-D tensor, got {getattr(a, 'shape', type(a).__name__)}")
-    a = a.float()
+    a = a.detach().float()
     if not bool(torch.isfinite(a).all()):
         raise ValueError("attention contains NaN or Inf")
     if bool((a < 0).any()):

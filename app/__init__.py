@@ -1,0 +1,1 @@
+"""PruneLens app: the model runtime (``app.runtime``), model-family adapters and calibration."""

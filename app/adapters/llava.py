@@ -1,0 +1,341 @@
+"""LLaVA family adapter: ``LlavaForConditionalGeneration`` with a CLIP vision tower (transformers 5.24).
+
+Read top to bottom: what is supported, the constants read from the model's own config and
+processor, then the four things the runtime asks of a model (pixels + geometry, the pruning
+read-out of the vision tower, the projector for merged tokens, prompt ids and embeddings).
+
+Model facts come from the checkpoint, never from constants here: the feature layer
+(``config.vision_feature_layer``, -2 for LLaVA-1.5), the select strategy (``"default"`` drops
+[CLS], ``"full"`` feeds it to the LLM), the grid (``image_size // patch_size``, 24 x 24 for
+LLaVA-1.5), the image-token id and the chat template.
+
+transformers-version quirks (all of them live in this file):
+* 5.x keeps the tower and projector at ``model.model.vision_tower`` and
+  ``model.model.multi_modal_projector``; CLIP encoder layers sit at ``vision_tower.encoder.layers``,
+  each with ``layer_norm1`` and ``self_attn.{q_proj, k_proj, num_heads, head_dim, scale}``.
+* ``get_image_features`` accepts ``output_hidden_states`` as a list of hidden-state indices and
+  captures only those (others are ``None``); its ``pooler_output`` is a list of per-image (N, D)
+  projected features.
+* CLIP's hidden states are not tied to ``post_layernorm`` (``hidden_states[i]`` is the raw output of
+  encoder layer ``i - 1``; ``hidden_states[0]`` is the embedding after ``pre_layrnorm``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from . import ImageGeometry, VisualFeatures, register_adapter
+
+__all__ = ["LlavaAdapter", "cls_attention_and_keys"]
+
+ARCHITECTURE = "LlavaForConditionalGeneration"
+VISION_MODEL_TYPES = ("clip_vision_model",)
+SELECT_STRATEGIES = ("default", "full")
+# Substrings of a checkpoint name that mark LLaVA-1.5, whose paper calibration methods.md gives.
+LLAVA15_NAME_MARKERS = ("llava-1.5", "llava-v1.5", "llava_v1.5", "llava1.5")
+
+
+def cls_attention_and_keys(layer: torch.nn.Module, hidden_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [CLS] attention row and head-averaged keys of one CLIP encoder layer, from its own weights.
+
+    methods.md, Inputs: apply the layer's pre-attention norm to the hidden state entering it,
+    project the [CLS] query and all keys, softmax(q·kᵀ·scale) per head, average over heads, drop
+    the [CLS] column without renormalising. Equals the eager attention row to float precision.
+
+    Args:
+        layer: a CLIP encoder layer (``layer_norm1``, ``self_attn`` with q/k projections).
+        hidden_in: (T, C) hidden state entering ``layer``, [CLS] first (T = 1 + N).
+    Returns:
+        a: (N,) float32 head-averaged [CLS] attention to the N patches.
+        keys: (N, hd) head-averaged keys of the patches, in the layer's dtype.
+    """
+    attn = layer.self_attn
+    t = hidden_in.shape[0]
+    normed = layer.layer_norm1(hidden_in)  # (T, C)
+    q = attn.q_proj(normed[:1]).view(1, attn.num_heads, attn.head_dim).transpose(0, 1)  # (H, 1, hd)
+    k = attn.k_proj(normed).view(t, attn.num_heads, attn.head_dim).transpose(0, 1)  # (H, T, hd)
+    scores = (q.float() @ k.float().transpose(1, 2)) * attn.scale  # (H, 1, T)
+    probs = scores.softmax(dim=-1)[:, 0, :]  # (H, T)
+    return probs.mean(dim=0)[1:], k.mean(dim=0)[1:]  # (N,), (N, hd)
+
+
+@register_adapter(
+    "llava",
+    "LlavaForConditionalGeneration with a CLIP vision tower and a single feature layer "
+    "(LLaVA-1.5 7B/13B, BakLLaVA, llava-gemma, the PruneLens embedded model)",
+)
+class LlavaAdapter:
+    """Everything the runtime needs from one loaded LLaVA model and its ``LlavaProcessor``.
+
+    Attributes (read from the checkpoint):
+        name: the model id or folder it was loaded from.
+        feature_index: index into the tower's hidden states of the feature layer's output (>= 1).
+        select_strategy: ``"default"`` (drop [CLS]) or ``"full"`` ([CLS] goes to the LLM too).
+        grid: (rows, cols) of the patch grid.
+        patch_size: patch side in input pixels.
+        image_token_id / image_token: the placeholder the chat template emits once per image.
+        context_length: the language model's maximum number of positions.
+    """
+
+    family = "llava"
+
+    @staticmethod
+    def check_config(config: Any, name: str) -> None:
+        """Refuse LLaVA configs this adapter cannot run, naming the offending setting."""
+        architectures = getattr(config, "architectures", None) or [ARCHITECTURE]
+        if ARCHITECTURE not in architectures:
+            raise ValueError(f"model {name!r} has architectures {architectures}; only {ARCHITECTURE} is supported")
+        vision_type = getattr(config.vision_config, "model_type", None)
+        if vision_type not in VISION_MODEL_TYPES:
+            raise ValueError(
+                f"model {name!r} has a {vision_type!r} vision tower; supported towers: {', '.join(VISION_MODEL_TYPES)}"
+            )
+        layer = config.vision_feature_layer
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise ValueError(
+                f"model {name!r} concatenates several vision feature layers ({layer!r}); "
+                "only a single feature layer is supported"
+            )
+        if config.vision_feature_select_strategy not in SELECT_STRATEGIES:
+            raise ValueError(
+                f"model {name!r} uses vision_feature_select_strategy "
+                f"{config.vision_feature_select_strategy!r}; supported: {', '.join(SELECT_STRATEGIES)}"
+            )
+
+    @staticmethod
+    def load(folder: Any, dtype: torch.dtype) -> tuple[LlavaForConditionalGeneration, Any]:
+        """Model and processor from a local checkpoint folder (no network, no remote code)."""
+        model = LlavaForConditionalGeneration.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=False, local_files_only=True
+        )
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        return model, processor
+
+    def __init__(self, model: Any, processor: Any, *, name: str) -> None:
+        if not isinstance(model, LlavaForConditionalGeneration):
+            raise ValueError(f"model {name!r} is a {type(model).__name__}; the LLaVA adapter needs {ARCHITECTURE}")
+        config = model.config
+        self.check_config(config, name)
+        for part in ("image_processor", "tokenizer"):
+            if getattr(processor, part, None) is None:
+                raise ValueError(f"the processor of {name!r} has no {part}; pass the model's LlavaProcessor")
+        if not (getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)):
+            raise ValueError(f"the processor of {name!r} has no chat template; PruneLens formats prompts with it")
+
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        vision = config.vision_config
+        n_hidden = vision.num_hidden_layers + 1  # hidden states: embeddings + one per encoder layer
+        if not -n_hidden <= config.vision_feature_layer < n_hidden:
+            raise ValueError(
+                f"vision_feature_layer {config.vision_feature_layer} is out of range for a tower with "
+                f"{vision.num_hidden_layers} layers"
+            )
+        self.feature_index = config.vision_feature_layer % n_hidden
+        if self.feature_index == 0:
+            raise ValueError(
+                f"model {name!r} takes its features from the patch embeddings (vision_feature_layer "
+                f"{config.vision_feature_layer}), which have no [CLS] attention to prune with"
+            )
+        self.select_strategy = config.vision_feature_select_strategy
+        self.patch_size = int(vision.patch_size)
+        side = int(vision.image_size) // self.patch_size
+        self.grid = (side, side)
+        self.image_token_id = int(config.image_token_id)
+        self.image_token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        processor_token = getattr(processor, "image_token", self.image_token)
+        if processor_token != self.image_token:
+            raise ValueError(
+                f"the processor's image token {processor_token!r} is not the model's image token "
+                f"{self.image_token!r} (id {self.image_token_id})"
+            )
+        self.context_length = int(config.text_config.max_position_embeddings)
+        self._reserved = sorted(
+            {str(t) for t in self.tokenizer.all_special_tokens}
+            | {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        )
+
+    # -- model facts -------------------------------------------------------------------------
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def projector(self) -> torch.nn.Module:
+        return self.model.model.multi_modal_projector
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        """Visual tokens the LLM always receives besides the patches ([CLS] under "full")."""
+        return 1 if self.select_strategy == "full" else 0
+
+    def is_llava15(self) -> bool:
+        """True when the checkpoint's name marks it as LLaVA-1.5 (methods.md's calibration applies)."""
+        name = (self.name or "").lower()
+        return any(marker in name for marker in LLAVA15_NAME_MARKERS)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-value summary for runner metadata."""
+        return {
+            "family": self.family,
+            "feature_layer": self.model.config.vision_feature_layer,
+            "select_strategy": self.select_strategy,
+            "grid": self.grid,
+            "patch_size": self.patch_size,
+            "n_patches": self.grid[0] * self.grid[1],
+            "image_token_id": self.image_token_id,
+            "context_length": self.context_length,
+        }
+
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end an answer (generation config first, then the tokenizer)."""
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+    def pad_token_id(self) -> int:
+        """Id used to pad batched generations (pad, else the first end-of-answer id, else 0)."""
+        for candidate in (self.model.generation_config.pad_token_id, self.tokenizer.pad_token_id):
+            if candidate is not None:
+                return int(candidate)
+        eos = self.eos_token_ids()
+        return eos[0] if eos else 0
+
+    # -- image -> pixels ---------------------------------------------------------------------
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, ImageGeometry]:
+        """Pixels for the tower and the grid's place on the image.
+
+        Args:
+            image: an RGB PIL image of any size.
+        Returns:
+            pixel_values: (1, 3, H, W) on the model's device and dtype.
+            geometry: where the patch grid lies on ``image``.
+        """
+        pixel_values = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+        pixel_values = pixel_values.to(self.device, self.dtype)  # (1, 3, H, W)
+        height, width = pixel_values.shape[-2:]
+        rows, cols = height // self.patch_size, width // self.patch_size
+        if (rows, cols) != self.grid:
+            raise ValueError(
+                f"the image processor produced {height} x {width} pixels ({rows} x {cols} patches) but "
+                f"the tower expects a {self.grid[0]} x {self.grid[1]} grid"
+            )
+        geometry = ImageGeometry(
+            original_size=image.size,
+            crop_box=self._crop_box(image.size),
+            input_size=(int(height), int(width)),
+            patch_size=self.patch_size,
+            grid=self.grid,
+        )
+        return pixel_values, geometry
+
+    def _crop_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The region of the original image the processor's pad/resize/centre-crop keeps."""
+        ip = self.processor.image_processor
+        width, height = float(size[0]), float(size[1])
+        left, top = 0.0, 0.0
+        if getattr(ip, "do_pad", False):  # LlavaImageProcessor pads to a square first
+            side = max(width, height)
+            left, top = -(side - width) / 2, -(side - height) / 2
+            width = height = side
+        box = (left, top, left + width, top + height)
+        target = getattr(ip, "size", None) or {}
+        shortest = target.get("shortest_edge") if hasattr(target, "get") else None
+        crop = getattr(ip, "crop_size", None) or {}
+        if not (getattr(ip, "do_resize", False) and shortest and getattr(ip, "do_center_crop", False)):
+            return box  # resized to a fixed size (stretched) or kept as is: the grid covers everything
+        scale = shortest / min(width, height)
+        crop_w, crop_h = crop.get("width") / scale, crop.get("height") / scale
+        cx, cy = left + width / 2, top + height / 2
+        return (cx - crop_w / 2, cy - crop_h / 2, cx + crop_w / 2, cy + crop_h / 2)
+
+    # -- pixels -> pruning inputs --------------------------------------------------------------
+
+    def encode(self, pixel_values: torch.Tensor) -> VisualFeatures:
+        """The pruning read-out of one image with the tower's default (SDPA/flash) attention.
+
+        One ``get_image_features`` call captures only two hidden states: the one entering the
+        feature layer (for the [CLS] row and keys) and the feature layer's output (V). F comes from
+        the model's own projection of V, exactly as the stock forward computes it.
+
+        Args:
+            pixel_values: (1, 3, H, W) from ``preprocess``.
+        """
+        i = self.feature_index
+        out = self.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=self.model.config.vision_feature_layer,
+            vision_feature_select_strategy=self.select_strategy,
+            output_hidden_states=[i - 1, i],
+            return_dict=True,
+        )
+        hidden_in = out.hidden_states[i - 1][0]  # (1 + N, C)
+        hidden_feat = out.hidden_states[i][0]  # (1 + N, C)
+        projected = out.pooler_output[0]  # (P + N, D)
+        n_prefix = self.n_prefix_tokens
+        layer = self.vision_tower.encoder.layers[i - 1]
+        cls_attn, keys = cls_attention_and_keys(layer, hidden_in)
+        return VisualFeatures(
+            feats_pre=hidden_feat[1:],
+            feats=projected[n_prefix:],
+            cls_attn=cls_attn,
+            keys=keys,
+            cls_feat=hidden_feat[0],
+            prefix=projected[:n_prefix],
+        )
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pre-projector tokens (K, C) -> LLM embeddings (K, D) through the model's projector."""
+        return self.projector(tokens.to(self.device, self.dtype))
+
+    # -- prompt -> ids -> embeddings -----------------------------------------------------------
+
+    def render_prompt(self, prompt: str) -> str:
+        """The chat-template text of one user turn holding the image then ``prompt``.
+
+        The user's text is data for the template (never a template itself); text that spells one
+        of the tokenizer's special tokens is refused, since it would be read as that token.
+        """
+        found = [tok for tok in self._reserved if tok and tok in prompt]
+        if found:
+            raise ValueError(
+                f"the prompt contains the reserved token(s) {found} (e.g. {self.image_token!r} is where the "
+                "image goes); remove them from the question"
+            )
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """(T,) token ids of the rendered prompt with exactly one image placeholder."""
+        text = self.render_prompt(prompt)
+        bos = self.tokenizer.bos_token
+        # Some templates (gemma's) already start with BOS; the tokenizer must not add a second one.
+        add_special = not (bos and text.startswith(bos))
+        ids = self.tokenizer(text, add_special_tokens=add_special, return_tensors="pt")["input_ids"][0]
+        n_image = int((ids == self.image_token_id).sum())
+        if n_image != 1:
+            raise ValueError(f"the chat template of {self.name!r} produced {n_image} image placeholders, expected 1")
+        return ids
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(T,) ids -> (T, D) input embeddings of the language model."""
+        return self.model.get_input_embeddings()(ids.to(self.device))

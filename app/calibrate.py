@@ -1,0 +1,146 @@
+"""Calibrate a model for image-aware pruning: image-erank statistics over its typical images.
+
+    python -m app.calibrate llava-hf/llava-1.5-7b-hf path/to/images [--out FILE]
+
+The adaptive method's ``erank_avg`` and hybrid-erank's ``erank_lo`` / ``erank_hi`` are properties of
+the model (methods.md §3, §7): the mean and the 10th / 90th percentiles of erank(F) over images the
+model typically sees. This command encodes every image in a folder (recursively), computes those
+three numbers and saves them as ``prunelens_calibration.json`` beside the model's weights (or at
+``--out``), where ``load_runner`` picks them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .runtime import CALIBRATION_FILE, Calibration, Runner, load_runner
+
+__all__ = ["IMAGE_SUFFIXES", "calibrate", "find_images", "main", "summarize", "write_calibration"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+LOW_PERCENTILE = 10  # methods.md §7: e_lo is the 10th percentile image erank
+HIGH_PERCENTILE = 90  # methods.md §7: e_hi is the 90th percentile image erank
+MIN_IMAGES = 2
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Every file under ``folder`` (recursively) with an image suffix, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(paths) < MIN_IMAGES:
+        raise ValueError(
+            f"{str(folder)!r} holds {len(paths)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); "
+            f"calibration needs at least {MIN_IMAGES}, ideally a few hundred typical images"
+        )
+    return paths
+
+
+def summarize(eranks: Sequence[float], *, path: str | None = None) -> Calibration:
+    """Mean and 10th / 90th percentiles (linear interpolation) of per-image eranks."""
+    values = np.asarray(eranks, dtype=np.float64)
+    if values.size < MIN_IMAGES:
+        raise ValueError(f"calibration needs at least {MIN_IMAGES} image eranks, got {values.size}")
+    p10, p90 = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if not p10 < p90:
+        raise ValueError(
+            f"the images' eranks barely vary (10th percentile {p10:.3f}, 90th {p90:.3f}): "
+            "calibrate on a more varied set of images"
+        )
+    return Calibration(
+        erank_avg=float(values.mean()),
+        erank_p10=float(p10),
+        erank_p90=float(p90),
+        source="file",
+        n_images=int(values.size),
+        path=path,
+        note=f"calibrated on {values.size} images",
+    )
+
+
+def calibrate(runner: Runner, images: Iterable[Path], *, progress: bool = True) -> tuple[Calibration, dict]:
+    """Encode each image once (bypassing the cache) and summarise the image eranks.
+
+    Returns:
+        The calibration and a report: ``eranks`` per image path and ``skipped`` images (unreadable
+        files, with the reason), which are reported rather than silently dropped.
+    """
+    images = list(images)
+    eranks: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for path in tqdm(images, desc="calibrating", unit="image", disable=not progress):
+        try:
+            eranks[str(path)] = runner.encode(path, use_cache=False).image_erank
+        except ValueError as err:
+            skipped[str(path)] = str(err)
+            tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
+    return summarize(list(eranks.values())), {"eranks": eranks, "skipped": skipped}
+
+
+def write_calibration(calibration: Calibration, path: str | Path, runner: Runner, report: dict) -> Path:
+    """Save ``calibration`` as JSON (what ``runtime.read_calibration`` reads, plus provenance)."""
+    path = Path(path)
+    meta = runner.metadata
+    values = np.asarray(list(report["eranks"].values()), dtype=np.float64)
+    data = {
+        "format": "prunelens-calibration/1",
+        "model": runner.name,
+        "erank_avg": calibration.erank_avg,
+        "erank_p10": calibration.erank_p10,
+        "erank_p90": calibration.erank_p90,
+        "n_images": calibration.n_images,
+        "erank_std": float(values.std()),
+        "erank_min": float(values.min()),
+        "erank_max": float(values.max()),
+        "n_skipped": len(report["skipped"]),
+        "feature_layer": meta["feature_layer"],
+        "select_strategy": meta["select_strategy"],
+        "dtype": meta["dtype"],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="hub id or local folder of a supported model")
+    parser.add_argument("images", help="folder of typical images (searched recursively)")
+    parser.add_argument("--out", help=f"where to write the JSON (default: {CALIBRATION_FILE} beside the weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many images (sorted order)")
+    args = parser.parse_args(argv)
+
+    if args.limit is not None and args.limit < MIN_IMAGES:
+        parser.error(f"--limit must be at least {MIN_IMAGES}")
+    try:
+        images = find_images(args.images)[: args.limit]
+        runner = load_runner(args.model, device=args.device, dtype=args.dtype)
+        out = Path(args.out) if args.out is not None else runner.model_dir / CALIBRATION_FILE
+        calibration, report = calibrate(runner, images)
+        written = write_calibration(calibration, out, runner, report)
+    except (ValueError, OSError) as err:  # bad folders, unavailable or unsupported models, unwritable output
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"{runner.name}: image erank mean {calibration.erank_avg:.2f}, 10th percentile "
+        f"{calibration.erank_p10:.2f}, 90th percentile {calibration.erank_p90:.2f} over "
+        f"{calibration.n_images} images ({len(report['skipped'])} skipped) -> {written}"
+    )
+    beside = runner.model_dir / CALIBRATION_FILE if runner.model_dir is not None else None
+    if beside is None or written.resolve() != beside.resolve():
+        print(f"load it with load_runner({runner.name!r}, calibration={str(written)!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

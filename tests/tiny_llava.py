@@ -1,0 +1,142 @@
+"""Tiny random LLaVA models, tokenizers and processors built in memory for the runtime tests.
+
+Nothing is downloaded: the tokenizer is a word-level vocabulary built with the ``tokenizers``
+library, the vision tower is a small CLIP (56 px images, 14 px patches: a 4 x 4 grid, N = 16), and
+the language model is a two-layer Llama. The chat template mimics LLaVA-1.5's
+(``USER: <image>\\n{text} ASSISTANT:``).
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+IMAGE_SIZE = 56
+PATCH_SIZE = 14
+GRID = (IMAGE_SIZE // PATCH_SIZE, IMAGE_SIZE // PATCH_SIZE)  # (4, 4)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+WORDS = (
+    "USER ASSISTANT : . , ? ! a an the is are what where which how many colour color of in on at "
+    "image picture photo describe this that please detail cat dog car red green blue sky tree "
+    "house person left right top bottom small large one two three four there here and or not"
+).split()
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %} "
+    "{% else %}ASSISTANT: "
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}"
+    "</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``SPECIAL_TOKENS + WORDS`` that prepends ``<s>``."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        add_bos_token=True,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    *,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+) -> LlavaProcessor:
+    """A LlavaProcessor with a CLIP image processor at ``image_size`` and the tiny tokenizer."""
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        do_resize=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    seed: int = 0,
+    vision_layers: int = 3,
+    text_layers: int = 2,
+    select_strategy: str = "default",
+    attn_implementation: str = "sdpa",
+) -> LlavaForConditionalGeneration:
+    """A random LLaVA with a CLIP tower and a Llama LM, float32, eval mode.
+
+    The text initialiser range is large so that greedy decoding has clear logit margins.
+    """
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=GRID[0] * GRID[1],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy=select_strategy,
+    )
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.eval()

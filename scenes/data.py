@@ -1,0 +1,264 @@
+"""Training tensors from scenes: pixels, per-patch labels, presence targets and packed task sequences.
+
+Scenes are drawn on the fly from a deterministic seed stream (drawing one costs ~3 ms, training on
+it ~75 ms), so the model never sees the same scene twice and a resumed run sees exactly the data
+it would have seen. Training seeds are below ``EVAL_SEED_BASE``; evaluation seeds start there.
+
+Task sequences use *shared-prefix packing*: one image prefix ``<s> USER : <image>×576`` followed by
+several (prompt, answer) segments. Each segment attends only to the prefix and to itself and its
+position ids restart right after the prefix, so every segment is trained exactly as the single-turn
+chat the model is evaluated on, while the 576 image tokens are paid for once per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from scenes.generate import TEXT_ID, Scene, generate_scene
+from scenes.tasks import Sample
+from scenes.vocab import IMAGE_TOKEN, PATCH_SIZE
+from scenes.vocabulary import COLORS, COMPLEXITIES, SHAPES, WORDS
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "EVAL_SEED_BASE",
+    "PATCH_COVERAGE",
+    "PackedBatch",
+    "VisionBatch",
+    "pack_sequences",
+    "patch_labels",
+    "patch_owners",
+    "pixel_tensor",
+    "random_keep",
+    "training_scene",
+    "visible_scene",
+    "vision_batch",
+]
+
+EVAL_SEED_BASE = 1_000_000_000
+"""Held-out scenes use seeds ``EVAL_SEED_BASE + i``; training seeds are all below it."""
+
+TRAIN_COMPLEXITY_WEIGHTS = (0.2, 0.2, 0.3, 0.3)
+"""Training mix over ``COMPLEXITIES`` (text, simple, medium, complex): more of the harder scenes."""
+
+PATCH_COVERAGE = 0.15
+"""A patch is labelled with an object (or the word) when it covers at least this fraction of it."""
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_COLOR_INDEX = {c: i for i, c in enumerate(COLORS)}
+_SHAPE_INDEX = {s: i for i, s in enumerate(SHAPES)}
+_WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
+
+
+def training_scene(seed: int) -> Scene:
+    """The training scene of ``seed``: its complexity drawn with ``TRAIN_COMPLEXITY_WEIGHTS``."""
+    if not 0 <= seed < EVAL_SEED_BASE:
+        raise ValueError(f"training seed {seed} outside [0, {EVAL_SEED_BASE})")
+    rng = np.random.default_rng([seed, 0xC0])
+    level = COMPLEXITIES[int(rng.choice(len(COMPLEXITIES), p=TRAIN_COMPLEXITY_WEIGHTS))]
+    return generate_scene(seed, level)
+
+
+def pixel_tensor(scenes: Sequence[Scene]) -> torch.Tensor:
+    """CLIP-normalised pixels, (B, 3, 336, 336) float32 (what ``CLIPImageProcessor`` produces)."""
+    arr = np.stack([np.asarray(s.image, dtype=np.float32) for s in scenes]) / 255.0  # (B, H, W, 3)
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def patch_owners(scene: Scene) -> np.ndarray:
+    """Which object owns each patch, (N,) int64 in raster order with N = 576.
+
+    0 for background, i + 1 for ``scene.objects[i]``, ``TEXT_ID`` for the word: the largest owner
+    of the patch's pixels, if it covers at least ``PATCH_COVERAGE`` of the patch.
+    """
+    lab = scene.label_map
+    side = lab.shape[0] // PATCH_SIZE
+    blocks = lab.reshape(side, PATCH_SIZE, side, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(side * side, -1)
+    owners = np.zeros(side * side, dtype=np.int64)
+    min_pixels = PATCH_COVERAGE * PATCH_SIZE * PATCH_SIZE
+    for i, block in enumerate(blocks):
+        ids, counts = np.unique(block[block > 0], return_counts=True)
+        if len(ids) and counts.max() >= min_pixels:
+            owners[i] = int(ids[counts.argmax()])
+    return owners
+
+
+def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-patch targets in raster order, each (N,) int64 with N = 576.
+
+    Returns:
+        shape: 0 background, 1 + index in ``SHAPES``.
+        color: 0 background, 1 + index in ``COLORS`` (objects and the word).
+        word: 0 none, 1 + index in ``WORDS`` for patches of the word.
+    """
+    owners = patch_owners(scene)
+    shape = np.zeros_like(owners)
+    color = np.zeros_like(owners)
+    word = np.zeros_like(owners)
+    for i, owner in enumerate(owners):
+        if owner == TEXT_ID:
+            color[i] = 1 + _COLOR_INDEX[scene.text_color]
+            word[i] = 1 + _WORD_INDEX[scene.text]
+        elif owner > 0:
+            obj = scene.objects[owner - 1]
+            shape[i] = 1 + _SHAPE_INDEX[obj.shape]
+            color[i] = 1 + _COLOR_INDEX[obj.color]
+    return shape, color, word
+
+
+def random_keep(rng: np.random.Generator, grid: tuple[int, int], min_keep: int = 16) -> np.ndarray:
+    """A random raster-sorted subset of the patch grid, for token-dropping augmentation.
+
+    The size is log-uniform in [min_keep, N]; half the time the subset is uniform over the grid
+    (like spread-out, diversity-style selections), otherwise the patches nearest to one to four
+    random centres (like clustered, attention-style selections). Returns (K,) int64 indices.
+    """
+    rows, cols = grid
+    n = rows * cols
+    k = int(np.exp(rng.uniform(np.log(min_keep), np.log(n))))
+    if rng.random() < 0.5:
+        return np.sort(rng.choice(n, size=k, replace=False))
+    centres = rng.uniform(0, [rows, cols], size=(int(rng.integers(1, 5)), 2))  # (m, 2)
+    yx = np.stack(np.divmod(np.arange(n), cols), axis=1)  # (N, 2)
+    dist = np.linalg.norm(yx[:, None, :] - centres[None], axis=2).min(axis=1)  # (N,)
+    return np.sort(np.argsort(dist, kind="stable")[:k])
+
+
+def visible_scene(scene: Scene, keep: np.ndarray) -> Scene | None:
+    """``scene`` restricted to what the kept patches show, or ``None`` if they show nothing.
+
+    Objects stay when at least one kept patch is theirs (``patch_owners``); a word stays when one
+    of its patches is kept. Answers computed from the result describe only visible evidence.
+    """
+    owners = set(patch_owners(scene)[keep].tolist())
+    objects = tuple(o for i, o in enumerate(scene.objects, start=1) if i in owners)
+    if scene.text is not None:
+        return scene if TEXT_ID in owners else None
+    if not objects:
+        return None
+    return replace(scene, objects=objects)
+
+
+@dataclass(frozen=True)
+class VisionBatch:
+    """Stage-1 batch.
+
+    Attributes:
+        pixels: (B, 3, 336, 336) normalised pixels.
+        presence: (B, S*K + S) multi-hot: (shape, colour) pairs then shapes.
+        word: (B,) 0 no word, 1 + word index.
+        patch_shape, patch_color, patch_word: (B, N) per-patch class targets.
+    """
+
+    pixels: torch.Tensor
+    presence: torch.Tensor
+    word: torch.Tensor
+    patch_shape: torch.Tensor
+    patch_color: torch.Tensor
+    patch_word: torch.Tensor
+
+
+def vision_batch(scenes: Sequence[Scene]) -> VisionBatch:
+    """Stack the stage-1 targets of ``scenes``."""
+    n_pairs = len(SHAPES) * len(COLORS)
+    presence = torch.zeros(len(scenes), n_pairs + len(SHAPES))
+    word = torch.zeros(len(scenes), dtype=torch.long)
+    labels = [patch_labels(s) for s in scenes]
+    for b, scene in enumerate(scenes):
+        for obj in scene.objects:
+            s, c = _SHAPE_INDEX[obj.shape], _COLOR_INDEX[obj.color]
+            presence[b, s * len(COLORS) + c] = 1.0
+            presence[b, n_pairs + s] = 1.0
+        if scene.text is not None:
+            word[b] = 1 + _WORD_INDEX[scene.text]
+    return VisionBatch(
+        pixels=pixel_tensor(scenes),
+        presence=presence,
+        word=word,
+        patch_shape=torch.from_numpy(np.stack([lab[0] for lab in labels])),
+        patch_color=torch.from_numpy(np.stack([lab[1] for lab in labels])),
+        patch_word=torch.from_numpy(np.stack([lab[2] for lab in labels])),
+    )
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Stage-2 batch of shared-prefix packed sequences.
+
+    Attributes:
+        input_ids: (B, L) token ids, ``<image>`` ×576 in the prefix, ``<pad>`` at the end.
+        position_ids: (B, L) positions; each segment restarts right after the prefix.
+        attention_mask: (B, 1, L, L) bool, True where a query may attend to a key.
+        labels: (B, L) next-token targets (already shifted: label at t is the token at t + 1),
+            -100 except where the next token is part of an answer (answer words and ``</s>``).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def pack_sequences(
+    tokenizer: PreTrainedTokenizerFast,
+    sample_lists: Sequence[Sequence[Sample]],
+    image_tokens: int | Sequence[int],
+) -> PackedBatch:
+    """Pack one image prefix + its samples per row, following the chat template token for token.
+
+    A row is ``<s> USER : <image>×image_tokens`` then, per sample, ``{prompt} ASSISTANT :`` and
+    ``{answer} </s>``; the loss covers only the answer and ``</s>``. ``image_tokens`` is one count
+    for every row or one per row (rows whose visual tokens were dropped).
+    """
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
+    counts = [image_tokens] * len(sample_lists) if isinstance(image_tokens, int) else list(image_tokens)
+    if len(counts) != len(sample_lists):
+        raise ValueError(f"{len(counts)} image token counts for {len(sample_lists)} rows")
+    rows = []
+    for samples, count in zip(sample_lists, counts, strict=True):
+        prefix = head + [image_id] * count
+        ids, pos, seg, lab = list(prefix), list(range(len(prefix))), [0] * len(prefix), [-100] * len(prefix)
+        for k, sample in enumerate(samples, start=1):
+            q = tokenizer(f"\n{sample.prompt} ASSISTANT:", add_special_tokens=False)["input_ids"]
+            a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
+            start = len(prefix)
+            ids += q + a
+            pos += list(range(start, start + len(q) + len(a)))
+            seg += [k] * (len(q) + len(a))
+            # the token before each answer token predicts it: last prompt token and answer[:-1]
+            lab += [-100] * (len(q) - 1) + a + [-100]
+        rows.append((ids, pos, seg, lab))
+    length = max(len(r[0]) for r in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, length), dtype=torch.long)
+    segment = torch.full((batch, length), -1, dtype=torch.long)
+    labels = torch.full((batch, length), -100, dtype=torch.long)
+    for b, (ids, pos, seg, lab) in enumerate(rows):
+        n = len(ids)
+        input_ids[b, :n] = torch.tensor(ids)
+        position_ids[b, :n] = torch.tensor(pos)
+        position_ids[b, n:] = torch.arange(n, length)
+        segment[b, :n] = torch.tensor(seg)
+        labels[b, :n] = torch.tensor(lab)
+    q_seg = segment[:, :, None]  # (B, L, 1)
+    k_seg = segment[:, None, :]  # (B, 1, L)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    same = (q_seg == k_seg) & (q_seg >= 0)
+    to_prefix = (k_seg == 0) & (q_seg >= 0)
+    allowed = (same | to_prefix) & causal
+    idx = torch.arange(length)
+    allowed[:, idx, idx] = True  # padding rows attend to themselves only (no empty softmax rows)
+    return PackedBatch(input_ids, position_ids, allowed[:, None], labels)

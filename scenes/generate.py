@@ -1,0 +1,298 @@
+"""Procedural scenes with exact ground truth: ``generate_scene(seed, complexity) -> Scene``.
+
+A scene is a 336×336 RGB image of coloured shapes (or one large word) on a grey background, plus
+the exact truth about it: every object's shape, colour, size class, centre and bounding box, the
+word if any, and a per-pixel map saying which object each pixel belongs to. Generation is a pure
+function of ``(seed, complexity)``: all randomness comes from one ``numpy.random.Generator``
+seeded with ``seed``; the global RNGs are never touched.
+
+Complexity levels (``vocabulary.COMPLEXITIES``) reproduce the paper's simple/complex contrast:
+
+* ``text``: one large word or number on a plain background (OCR-like, evidence concentrated);
+* ``simple``: one or two large objects on a plain background;
+* ``medium``: three to five medium objects on a plain or lightly textured background;
+* ``complex``: six to twelve small objects on a textured, cluttered background (evidence spread).
+
+Overlap limit (checked by the tests): object bounding boxes never intersect, and any two are at
+least ``MIN_GAP`` pixels apart. Backgrounds and clutter are grey (no channel spread above 12 and
+value below 130) so they never carry an attribute colour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from scenes.vocabulary import (
+    COLORS,
+    COMPLEXITIES,
+    IMAGE_SIZE,
+    SHAPE_FREQUENCY,
+    SHAPES,
+    SIZES,
+    WORDS,
+)
+
+__all__ = ["MIN_GAP", "TEXT_ID", "Scene", "SceneObject", "generate_scene", "shape_polygon"]
+
+MIN_GAP = 6
+"""Minimum distance in pixels between the bounding boxes of any two objects (no overlap at all)."""
+
+TEXT_ID = 254
+"""Value of word pixels in ``Scene.label_map`` (objects are 1..n, background 0)."""
+
+_OBJECT_COUNTS = {"simple": (1, 2), "medium": (3, 5), "complex": (6, 12)}
+_OBJECT_SIZE = {"simple": "large", "medium": "medium", "complex": "small"}
+_REPEAT_SHAPE_PROB = 0.35  # chance an object copies an earlier object's shape (makes counts > 1 common)
+_MAX_TILT = 0.26  # radians (about 15 degrees): shapes are upright icons with a small random tilt
+_MAX_PLACEMENT_TRIES = 400
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn object.
+
+    Attributes:
+        shape: category name from ``SHAPES``.
+        color: attribute name from ``COLORS``.
+        size: size class from ``SIZES``.
+        center: (x, y) pixel centre.
+        bbox: (x0, y0, x1, y1) tight pixel bounding box of the drawn shape, end-exclusive.
+        radius: radius in pixels of the circle the shape is inscribed in.
+    """
+
+    shape: str
+    color: str
+    size: str
+    center: tuple[int, int]
+    bbox: tuple[int, int, int, int]
+    radius: int
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """A generated image and its exact ground truth.
+
+    Attributes:
+        seed: the seed it was generated from.
+        complexity: one of ``COMPLEXITIES``.
+        image: 336×336 RGB ``PIL.Image``.
+        objects: the drawn objects, in drawing order.
+        text: the word drawn in the image, or ``None``.
+        text_color: colour name of the word, or ``None``.
+        text_bbox: (x0, y0, x1, y1) of the word's pixels, or ``None``.
+        background: ``"plain"`` or ``"textured"``.
+        label_map: (336, 336) uint8: 0 background, i + 1 for ``objects[i]``, ``TEXT_ID`` for text.
+    """
+
+    seed: int
+    complexity: str
+    image: Image.Image
+    objects: tuple[SceneObject, ...]
+    text: str | None
+    text_color: str | None
+    text_bbox: tuple[int, int, int, int] | None
+    background: str
+    label_map: np.ndarray = field(repr=False)
+
+    @property
+    def shapes(self) -> frozenset[str]:
+        """The set of shape names present."""
+        return frozenset(o.shape for o in self.objects)
+
+    def count(self, shape: str) -> int:
+        """How many objects of ``shape`` the scene holds."""
+        return sum(o.shape == shape for o in self.objects)
+
+
+def shape_polygon(shape: str, center: tuple[float, float], radius: float, angle: float) -> np.ndarray:
+    """Outline of ``shape`` inscribed in a circle of ``radius`` around ``center``, rotated by ``angle``.
+
+    Returns:
+        (K, 2) int32 array of (x, y) vertices, ready for ``cv2.fillPoly``.
+    """
+    if shape == "circle":
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        unit = np.stack([np.cos(t), np.sin(t)], axis=1)
+    elif shape == "square":
+        t = np.pi / 4 + np.arange(4) * np.pi / 2
+        unit = np.stack([np.cos(t), np.sin(t)], axis=1)
+    elif shape == "triangle":
+        t = -np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+        unit = np.stack([np.cos(t), np.sin(t)], axis=1)
+    elif shape == "moon":
+        # crescent: the unit disc minus a disc of radius 0.85 centred at (0.5, 0), opening right
+        tip = np.arctan2(np.sqrt(1 - 0.5275**2), 0.5275)  # where the two circles cross
+        inner_tip = np.arctan2(np.sqrt(1 - 0.5275**2), 0.0275)
+        outer = np.linspace(tip, 2 * np.pi - tip, 40)
+        inner = np.linspace(2 * np.pi - inner_tip, inner_tip, 32)
+        unit = np.concatenate(
+            [
+                np.stack([np.cos(outer), np.sin(outer)], axis=1),
+                np.stack([0.5 + 0.85 * np.cos(inner), 0.85 * np.sin(inner)], axis=1),
+            ]
+        )
+    elif shape == "diamond":
+        unit = np.array([[0.0, -1.0], [0.62, 0.0], [0.0, 1.0], [-0.62, 0.0]])
+    elif shape == "star":
+        t = -np.pi / 2 + np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        unit = np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+    elif shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        unit = np.stack([x, y + 2.5], axis=1)
+        unit = unit / np.linalg.norm(unit, axis=1).max()
+    elif shape == "arrow":
+        unit = np.array(
+            [[-1.0, -0.3], [0.15, -0.3], [0.15, -0.7], [1.0, 0.0], [0.15, 0.7], [0.15, 0.3], [-1.0, 0.3]]
+        )
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    pts = unit @ rot.T * radius + np.asarray(center, dtype=np.float64)  # (K, 2)
+    return np.round(pts).astype(np.int32)
+
+
+def _background(rng: np.random.Generator, textured: bool, cluttered: bool) -> np.ndarray:
+    """A grey (H, W, 3) uint8 background: plain, or low-frequency noise plus optional grey clutter."""
+    base = float(rng.uniform(30, 75))
+    if not textured:
+        img = np.full((IMAGE_SIZE, IMAGE_SIZE), base, dtype=np.float32)
+    else:
+        coarse = rng.normal(0.0, 1.0, size=(12, 12)).astype(np.float32)
+        noise = cv2.resize(coarse, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC) * 12.0
+        fine = rng.normal(0.0, 5.0, size=(IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+        img = base + noise + fine
+        if cluttered:
+            for _ in range(int(rng.integers(10, 22))):
+                level = float(rng.uniform(45, 115))
+                thickness = int(rng.integers(1, 3))
+                p = rng.integers(0, IMAGE_SIZE, size=4)
+                if rng.random() < 0.6:
+                    cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), level, thickness)
+                else:
+                    cv2.circle(img, (int(p[0]), int(p[1])), int(rng.integers(6, 40)), level, thickness)
+    grey = np.clip(img, 0, 125).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _place_objects(
+    rng: np.random.Generator, complexity: str
+) -> list[tuple[str, str, str, int, float, np.ndarray]]:
+    """Sample non-overlapping (shape, colour, size, radius, angle, polygon) tuples for a level."""
+    lo, hi = _OBJECT_COUNTS[complexity]
+    n = int(rng.integers(lo, hi + 1))
+    size = _OBJECT_SIZE[complexity]
+    color_names = list(COLORS)
+    placed: list[tuple[str, str, str, int, float, np.ndarray]] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    for _ in range(n):
+        if placed and rng.random() < _REPEAT_SHAPE_PROB:
+            shape = placed[int(rng.integers(len(placed)))][0]
+        else:
+            shape = SHAPES[int(rng.choice(len(SHAPES), p=SHAPE_FREQUENCY))]
+        color = color_names[int(rng.integers(len(color_names)))]
+        r_lo, r_hi = SIZES[size]
+        for _try in range(_MAX_PLACEMENT_TRIES):
+            radius = int(rng.integers(r_lo, r_hi + 1))
+            angle = float(rng.uniform(-_MAX_TILT, _MAX_TILT))
+            margin = radius + 3
+            cx, cy = (float(v) for v in rng.uniform(margin, IMAGE_SIZE - margin, size=2))
+            poly = shape_polygon(shape, (cx, cy), radius, angle)
+            box = (
+                int(poly[:, 0].min()),
+                int(poly[:, 1].min()),
+                int(poly[:, 0].max()) + 1,
+                int(poly[:, 1].max()) + 1,
+            )
+            if all(_gap(box, other) >= MIN_GAP + 2 for other in boxes):
+                break
+        else:
+            continue  # no room: drop this object rather than overlap (never happens at these sizes)
+        boxes.append(box)
+        placed.append((shape, color, size, radius, angle, poly))
+    return placed
+
+
+def _gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """Chebyshev gap in pixels between two end-exclusive boxes (negative when they intersect)."""
+    dx = max(b[0] - a[2], a[0] - b[2])
+    dy = max(b[1] - a[3], a[1] - b[3])
+    return max(dx, dy)
+
+
+def _draw_word(
+    rng: np.random.Generator, image: np.ndarray, label_map: np.ndarray
+) -> tuple[str, str, tuple[int, int, int, int]]:
+    """Draw one large word in place; returns (word, colour name, pixel bbox)."""
+    word = WORDS[int(rng.integers(len(WORDS)))]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    font = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX)[int(rng.integers(2))]
+    target_width = float(rng.uniform(150, 290))
+    thickness = int(rng.integers(6, 10))
+    (w1, _h1), _ = cv2.getTextSize(word, font, 1.0, thickness)
+    scale = min(target_width / max(w1, 1), 4.2)
+    (w, h), base = cv2.getTextSize(word, font, scale, thickness)
+    x = int(rng.integers(8, max(9, IMAGE_SIZE - w - 8)))
+    y = int(rng.integers(h + 8, max(h + 9, IMAGE_SIZE - base - 8)))
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    cv2.putText(mask, word, (x, y), font, scale, 255, thickness, cv2.LINE_8)
+    image[mask > 0] = COLORS[color]
+    label_map[mask > 0] = TEXT_ID
+    ys, xs = np.nonzero(mask)
+    return word, color, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+def generate_scene(seed: int, complexity: str | None = None) -> Scene:
+    """Render the scene of ``seed`` at ``complexity`` (drawn from the seed when ``None``).
+
+    The same ``(seed, complexity)`` always yields the same pixels and ground truth.
+    """
+    if complexity is not None and complexity not in COMPLEXITIES:
+        raise ValueError(f"unknown complexity {complexity!r}; expected one of {COMPLEXITIES} or None")
+    rng = np.random.default_rng([int(seed), 0x5CE7E])
+    level = COMPLEXITIES[int(rng.integers(len(COMPLEXITIES)))]
+    if complexity is not None:
+        level = complexity
+    textured = level == "complex" or (level == "medium" and rng.random() < 0.5)
+    image = _background(rng, textured=textured, cluttered=level == "complex")
+    label_map = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+
+    if level == "text":
+        word, text_color, text_bbox = _draw_word(rng, image, label_map)
+        return Scene(
+            seed=int(seed),
+            complexity=level,
+            image=Image.fromarray(image),
+            objects=(),
+            text=word,
+            text_color=text_color,
+            text_bbox=text_bbox,
+            background="plain",
+            label_map=label_map,
+        )
+
+    objects = []
+    for index, (shape, color, size, radius, _angle, poly) in enumerate(_place_objects(rng, level)):
+        cv2.fillPoly(image, [poly], COLORS[color], lineType=cv2.LINE_8)
+        cv2.fillPoly(label_map, [poly], index + 1, lineType=cv2.LINE_8)
+        ys, xs = np.nonzero(label_map == index + 1)
+        bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        center = ((bbox[0] + bbox[2]) // 2, (bbox[1] + bbox[3]) // 2)
+        objects.append(SceneObject(shape, color, size, center, bbox, radius))
+    return Scene(
+        seed=int(seed),
+        complexity=level,
+        image=Image.fromarray(image),
+        objects=tuple(objects),
+        text=None,
+        text_color=None,
+        text_bbox=None,
+        background="textured" if textured else "plain",
+        label_map=label_map,
+    )

@@ -1,0 +1,410 @@
+"""Train the embedded tiny LLaVA from a fixed seed: ``python -m scenes.train``.
+
+Two stages, LLaVA-style:
+
+1. **Vision pretraining.** The CLIP tower learns from scenes with exact labels. From the [CLS]
+   token of the feature layer (``hidden_states[-2]``, the layer the LLM reads and whose [CLS]
+   attention the pruning methods use) it predicts which (shape, colour) pairs and shapes are present
+   and which word is written, so [CLS] must gather the objects; from every patch token of that layer
+   it predicts the patch's colour (or background) and, on object and word patches, the shape or
+   word. The last layer's pooled [CLS] gets the same presence loss so it is trained too. The heads
+   are thrown away afterwards.
+2. **Instruction tuning.** The tower is frozen; the projector and the Llama decoder learn the
+   canonical tasks (caption, existence, colour, counting, word) with the loss on answer tokens only,
+   using shared-prefix packing (``scenes.data.pack_sequences``). Half the images keep only a random
+   subset of their visual tokens (answers then describe what those patches show), so the decoder
+   copes with pruned inputs of any length.
+
+Every scene is drawn on the fly from the step number, so the run is a pure function of the seed and
+``--resume`` continues from the last checkpoint in ``--run-dir`` exactly. The result is saved with
+``save_pretrained`` (weights in safetensors) beside the processor in ``--out``.
+
+Examples::
+
+    python -m scenes.train                       # the full recipe (about 2 h on 2 CPU cores)
+    python -m scenes.train --resume              # continue an interrupted run
+    python -m scenes.train --smoke --out /tmp/m  # a tiny model, a few steps per stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+from tqdm import tqdm
+
+from scenes.data import (
+    PackedBatch,
+    VisionBatch,
+    pack_sequences,
+    pixel_tensor,
+    random_keep,
+    training_scene,
+    visible_scene,
+    vision_batch,
+)
+from scenes.model import ModelConfig, build_model, grid_size
+from scenes.tasks import make_samples
+from scenes.vocab import build_processor, build_tokenizer
+from scenes.vocabulary import COLORS, SHAPES, WORDS
+
+__all__ = ["TrainConfig", "main", "sincos_positions", "train"]
+
+DEFAULT_NAME = "prunelens-tiny-llava"
+STAGE1_SEED_BASE = 0
+STAGE2_SEED_BASE = 50_000_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run.
+
+    Attributes:
+        model: architecture sizes.
+        seed: initialisation seed (data seeds come from the step number).
+        vision_steps, vision_batch, vision_lr: stage 1 schedule.
+        text_steps, text_batch, text_lr: stage 2 schedule.
+        max_samples: task segments packed per image in stage 2 (caption always included).
+        drop_prob: stage-2 chance that an image keeps only a random subset of its visual tokens
+            (``scenes.data.random_keep``), its answers then describing only what the kept patches
+            show, so the decoder copes with pruned inputs of any size.
+        sincos_init: initialise the tower's position embeddings with ``sincos_positions``.
+        warmup: fraction of each stage's steps with linear warm-up (then cosine decay).
+        checkpoint_every: steps between checkpoints.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+    vision_steps: int = 1500
+    vision_batch: int = 16
+    vision_lr: float = 1.5e-3
+    text_steps: int = 2600
+    text_batch: int = 8
+    text_lr: float = 1e-3
+    max_samples: int = 8
+    drop_prob: float = 0.5
+    sincos_init: bool = True
+    warmup: float = 0.05
+    checkpoint_every: int = 100
+
+
+SMOKE = TrainConfig(
+    model=ModelConfig(
+        vision_hidden=32,
+        vision_layers=2,
+        vision_heads=2,
+        text_hidden=64,
+        text_layers=1,
+        text_intermediate=128,
+    ),
+    vision_steps=8,
+    vision_batch=4,
+    vision_lr=3e-3,
+    text_steps=8,
+    text_batch=2,
+    text_lr=3e-3,
+    max_samples=4,
+    checkpoint_every=4,
+)
+
+
+class VisionHeads(nn.Module):
+    """Stage-1 probes: presence/word from [CLS], shape/colour/word class per patch."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        n_presence = len(SHAPES) * len(COLORS) + len(SHAPES)
+        self.presence = nn.Linear(width, n_presence)
+        self.pooled_presence = nn.Linear(width, n_presence)
+        self.word = nn.Linear(width, 1 + len(WORDS))
+        self.patch = nn.Linear(width, (1 + len(SHAPES)) + (1 + len(COLORS)) + (1 + len(WORDS)))
+
+    def loss(
+        self, feature: torch.Tensor, pooled: torch.Tensor, batch: VisionBatch
+    ) -> dict[str, torch.Tensor]:
+        """Losses from feature-layer states (B, 1 + N, C) and the pooled last-layer [CLS] (B, C)."""
+        cls, patches = feature[:, 0], feature[:, 1:]  # (B, C), (B, N, C)
+        n_shape, n_color = 1 + len(SHAPES), 1 + len(COLORS)
+        logits = self.patch(patches)  # (B, N, n_shape + n_color + n_word)
+        shape_logits = logits[..., :n_shape]
+        color_logits = logits[..., n_shape : n_shape + n_color]
+        word_logits = logits[..., n_shape + n_color :]
+        return {
+            "presence": nnf.binary_cross_entropy_with_logits(self.presence(cls), batch.presence) * 10,
+            "pooled": nnf.binary_cross_entropy_with_logits(self.pooled_presence(pooled), batch.presence) * 10,
+            "word": nnf.cross_entropy(self.word(cls), batch.word),
+            # colour (background included) on every patch; shape and word only where there is one,
+            # so the few object patches are not drowned by the background majority
+            "patch_color": nnf.cross_entropy(color_logits.flatten(0, 1), batch.patch_color.flatten()),
+            "patch_shape": _masked_ce(shape_logits, batch.patch_shape, batch.patch_shape > 0),
+            "patch_word": _masked_ce(word_logits, batch.patch_word, batch.patch_word > 0),
+        }
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, N, K) logits against (B, N) targets over the (B, N) ``mask`` only."""
+    losses = nnf.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")  # (B * N,)
+    weights = mask.flatten().float()
+    return (losses * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def sincos_positions(grid: tuple[int, int], dim: int, scale: float = 0.5) -> torch.Tensor:
+    """2-D sine-cosine position table (1 + N, dim) for [CLS] (zeros) + the raster-ordered grid.
+
+    Half the channels encode the row, half the column, each as sin/cos pairs over geometric
+    frequencies (as in MAE). Used to *initialise* the tower's learned position embeddings, which
+    lets attention find neighbouring patches early instead of after a long plateau.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos positions need a width divisible by 4, got {dim}")
+    rows, cols = grid
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+    y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    parts = []
+    for coord in (y.flatten(), x.flatten()):
+        angles = coord[:, None].double() * freqs[None]  # (N, dim/4)
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, dim=1) * scale  # (N, dim)
+    return torch.cat([torch.zeros(1, dim, dtype=table.dtype), table]).float()
+
+
+def _lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up then cosine decay to 5 % of the peak."""
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _text_loss(model: nn.Module, features: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Answer-token cross-entropy of a packed batch.
+
+    ``features`` are the kept feature-layer patch states of all rows concatenated, (T, C) with T the
+    number of image tokens in ``batch`` (row by row, raster order within a row).
+    """
+    image_features = model.model.multi_modal_projector(features)  # (T, D)
+    embeds = model.get_input_embeddings()(batch.input_ids)  # (B, L, D)
+    image_mask = batch.input_ids == model.config.image_token_id  # (B, L)
+    embeds = embeds.masked_scatter(image_mask[..., None], image_features.to(embeds.dtype))
+    hidden = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state  # (B, L, D)
+    keep = batch.labels != -100  # (B, L)
+    logits = model.lm_head(hidden[keep])  # (T, V)
+    return nnf.cross_entropy(logits, batch.labels[keep])
+
+
+def _feature_states(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature-layer states (B, 1 + N, C), pooled last-layer [CLS] (B, C)) of the vision tower."""
+    out = model.model.vision_tower(pixels, output_hidden_states=True)
+    return out.hidden_states[model.config.vision_feature_layer], out.pooler_output
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(
+    cfg: TrainConfig,
+    out: Path,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Run (or resume) both stages and export to ``out``.
+
+    ``stop_after`` ends this invocation (after a checkpoint) once that many steps have run, so a
+    run can be done in chunks with ``resume=True``. Returns ``{"history", "wall_time_s", "done"}``.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    model = build_model(cfg.model, tokenizer, seed=cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        heads = VisionHeads(cfg.model.vision_hidden)
+    state = {"stage": 1, "step": 0, "history": [], "elapsed": 0.0}
+    opt_state = None
+    if resume and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        if saved["config"] != asdict(cfg):
+            raise ValueError(f"checkpoint {ckpt_path} was made with another config: {saved['config']}")
+        model.load_state_dict(saved["model"])
+        heads.load_state_dict(saved["heads"])
+        state = saved["state"]
+        opt_state = saved["optimizer"]
+    rows, cols = grid_size()
+    if cfg.sincos_init and not (resume and ckpt_path.exists()):
+        with torch.no_grad():
+            model.model.vision_tower.embeddings.position_embedding.weight.copy_(
+                sincos_positions((rows, cols), cfg.model.vision_hidden)
+            )
+    started = time.time() - state["elapsed"]
+    budget = [stop_after if stop_after is not None else -1]
+
+    def out_of_budget() -> bool:
+        budget[0] -= 1
+        return budget[0] == 0
+
+    def checkpoint(optimizer: torch.optim.Optimizer | None) -> None:
+        state["elapsed"] = time.time() - started
+        _save(
+            ckpt_path,
+            {
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "heads": heads.state_dict(),
+                "optimizer": None if optimizer is None else optimizer.state_dict(),
+                "state": state,
+            },
+        )
+
+    if state["stage"] == 1:
+        model.train()
+        params = list(model.model.vision_tower.parameters()) + list(heads.parameters())
+        optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        opt_state = None
+        bar = tqdm(range(state["step"], cfg.vision_steps), desc="stage 1 vision", disable=not progress)
+        for step in bar:
+            seeds = range(
+                STAGE1_SEED_BASE + step * cfg.vision_batch, STAGE1_SEED_BASE + (step + 1) * cfg.vision_batch
+            )
+            batch = vision_batch([training_scene(s) for s in seeds])
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.vision_lr * _lr_factor(step, cfg.vision_steps, cfg.warmup)
+            feature, pooled = _feature_states(model, batch.pixels)
+            losses = heads.loss(feature, pooled, batch)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            record = {"stage": 1, "step": step, "loss": loss.item()} | {
+                k: v.item() for k, v in losses.items()
+            }
+            state["history"].append(record)
+            state["step"] = step + 1
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if out_of_budget():
+                checkpoint(optimizer)
+                return {"history": state["history"], "wall_time_s": time.time() - started, "done": False}
+            if (step + 1) % cfg.checkpoint_every == 0:
+                checkpoint(optimizer)
+        state["stage"], state["step"] = 2, 0
+        checkpoint(None)
+
+    model.model.vision_tower.requires_grad_(False)
+    model.model.vision_tower.eval()
+    trainable = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.text_lr, weight_decay=0.01)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    model.model.language_model.train()
+    bar = tqdm(range(state["step"], cfg.text_steps), desc="stage 2 text", disable=not progress)
+    for step in bar:
+        seeds = range(
+            STAGE2_SEED_BASE + step * cfg.text_batch, STAGE2_SEED_BASE + (step + 1) * cfg.text_batch
+        )
+        scenes = [training_scene(s) for s in seeds]
+        with torch.no_grad():
+            feature, _ = _feature_states(model, pixel_tensor(scenes))  # (B, 1 + N, C)
+        sample_lists, kept = [], []
+        for b, scene in enumerate(scenes):
+            rng = np.random.default_rng([scene.seed, 0x7A5C])
+            view, keep = scene, np.arange(rows * cols)
+            if rng.random() < cfg.drop_prob:
+                keep = random_keep(rng, (rows, cols))
+                view = visible_scene(scene, keep)
+                if view is None:  # the kept patches show nothing: train this row on all tokens
+                    view, keep = scene, np.arange(rows * cols)
+            samples = make_samples(view, rng)
+            caption, rest = samples[0], samples[1:]
+            order = rng.permutation(len(rest))[: cfg.max_samples - 1]
+            sample_lists.append([caption] + [rest[i] for i in order])
+            kept.append(feature[b, 1:][torch.from_numpy(keep)])  # (K_b, C)
+        batch = pack_sequences(tokenizer, sample_lists, [len(k) for k in kept])
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.text_lr * _lr_factor(step, cfg.text_steps, cfg.warmup)
+        loss = _text_loss(model, torch.cat(kept), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        record = {"stage": 2, "step": step, "loss": loss.item()}
+        state["history"].append(record)
+        state["step"] = step + 1
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if out_of_budget():
+            checkpoint(optimizer)
+            return {"history": state["history"], "wall_time_s": time.time() - started, "done": False}
+        if (step + 1) % cfg.checkpoint_every == 0:
+            checkpoint(optimizer)
+    state["stage"] = 3
+    checkpoint(optimizer)
+
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    summary = {
+        "config": asdict(cfg),
+        "wall_time_s": time.time() - started,
+        "threads": torch.get_num_threads(),
+        "final_losses": state["history"][-20:],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "history.json").write_text(json.dumps(state["history"]))
+    return {"history": state["history"], "wall_time_s": summary["wall_time_s"], "done": True}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("assets/models") / DEFAULT_NAME)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs") / DEFAULT_NAME)
+    parser.add_argument("--resume", action="store_true", help="continue from --run-dir/checkpoint.pt")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps per stage")
+    parser.add_argument("--vision-steps", type=int, default=None)
+    parser.add_argument("--text-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps (resumable)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cfg = SMOKE if args.smoke else TrainConfig()
+    if args.vision_steps is not None:
+        cfg = replace(cfg, vision_steps=args.vision_steps)
+    if args.text_steps is not None:
+        cfg = replace(cfg, text_steps=args.text_steps)
+    return train(
+        cfg,
+        args.out,
+        args.run_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Scenes: determinism, ground truth against pixels, tasks, tokenizer coverage and the scorers."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from scenes import COLORS, COMPLEXITIES, SHAPES, SIZES, generate_scene
+from scenes.data import EVAL_SEED_BASE, patch_labels, training_scene
+from scenes.generate import MIN_GAP, TEXT_ID
+from scenes.tasks import (
+    CAPTION_PROMPT,
+    NEGATIVE_TYPES,
+    WORD_PROMPT,
+    Mention,
+    caption,
+    chair,
+    exact_match,
+    make_samples,
+    parse_objects,
+    yes_no_accuracy,
+)
+from scenes.vocab import build_processor, build_tokenizer
+from scenes.vocabulary import IMAGE_SIZE, WORDS
+
+SEEDS = range(12)
+CASES = [(seed, level) for level in COMPLEXITIES for seed in SEEDS]
+
+
+def test_vocabulary_sizes():
+    assert len(SHAPES) >= 8 and len(set(SHAPES)) == len(SHAPES)
+    assert len(COLORS) >= 7 and len(set(COLORS.values())) == len(COLORS)
+    assert 2 <= len(SIZES) <= 3
+    assert not set(WORDS) & (set(SHAPES) | set(COLORS))
+
+
+@pytest.mark.parametrize("level", [*COMPLEXITIES, None])
+def test_deterministic_per_seed(level):
+    a, b = generate_scene(123, level), generate_scene(123, level)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.objects == b.objects and a.text == b.text and a.complexity == b.complexity
+    assert np.array_equal(a.label_map, b.label_map)
+    c = generate_scene(124, level)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_unseeded_complexity_covers_all_levels_and_rejects_unknown():
+    assert {generate_scene(s).complexity for s in range(40)} == set(COMPLEXITIES)
+    with pytest.raises(ValueError, match="unknown complexity"):
+        generate_scene(0, "hard")
+
+
+@pytest.mark.parametrize(("seed", "level"), CASES)
+def test_ground_truth_matches_pixels(seed, level):
+    scene = generate_scene(seed, level)
+    img = np.asarray(scene.image)
+    assert scene.image.mode == "RGB" and img.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    counts = {"text": (0, 0), "simple": (1, 2), "medium": (3, 5), "complex": (6, 12)}[level]
+    assert counts[0] <= len(scene.objects) <= counts[1]
+    for i, obj in enumerate(scene.objects, start=1):
+        x0, y0, x1, y1 = obj.bbox
+        assert 0 <= x0 < x1 <= IMAGE_SIZE and 0 <= y0 < y1 <= IMAGE_SIZE
+        mask = scene.label_map == i
+        ys, xs = np.nonzero(mask)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == obj.bbox
+        # every pixel of the object has exactly its colour, and it is clearly visible
+        assert (img[mask] == COLORS[obj.color]).all()
+        assert mask.sum() >= 150
+        crop = img[y0:y1, x0:x1]
+        assert (crop == COLORS[obj.color]).all(axis=-1).sum() >= mask.sum()
+        assert SIZES[obj.size][0] <= obj.radius <= SIZES[obj.size][1]
+    for a, b in itertools.combinations(scene.objects, 2):
+        gap = max(b.bbox[0] - a.bbox[2], a.bbox[0] - b.bbox[2], b.bbox[1] - a.bbox[3], a.bbox[1] - b.bbox[3])
+        assert gap >= MIN_GAP, f"objects {a} and {b} closer than the overlap limit"
+    background = img[scene.label_map == 0].astype(int)
+    assert (background.max(axis=1) - background.min(axis=1)).max() <= 1  # grey
+    assert background.max() < 130
+    if level == "text":
+        text_mask = scene.label_map == TEXT_ID
+        assert scene.text in WORDS and text_mask.sum() >= 1000
+        assert (img[text_mask] == COLORS[scene.text_color]).all()
+    else:
+        assert scene.text is None
+
+
+def test_patch_labels_follow_objects():
+    scene = generate_scene(5, "medium")
+    shape, color, word = patch_labels(scene)
+    assert shape.shape == color.shape == word.shape == (576,)
+    assert set(shape[shape > 0] - 1) == {SHAPES.index(o.shape) for o in scene.objects}
+    assert not word.any()
+    text = generate_scene(5, "text")
+    _, _, word = patch_labels(text)
+    assert set(word[word > 0] - 1) == {WORDS.index(text.text)}
+
+
+def test_training_and_eval_seeds_are_disjoint():
+    with pytest.raises(ValueError, match="training seed"):
+        training_scene(EVAL_SEED_BASE)
+    assert training_scene(3).seed == 3
+
+
+@pytest.mark.parametrize(("seed", "level"), CASES)
+def test_samples_have_exact_answers(seed, level):
+    scene = generate_scene(seed, level)
+    samples = make_samples(scene, np.random.default_rng(seed))
+    pairs = {(o.color, o.shape) for o in scene.objects}
+    assert samples[0].prompt == CAPTION_PROMPT and samples[0].answer == caption(scene)
+    for s in samples:
+        if s.task == "exists":
+            assert s.answer in ("Yes", "No")
+            words = s.prompt.split()
+            shape = words[-4]
+            color = words[-5] if words[-5] in COLORS else None
+            present = any(shape == sh and color in (None, c) for c, sh in pairs)
+            assert present == (s.answer == "Yes") == (s.kind == "positive"), s
+            assert s.prompt in (
+                f"Is there a {shape} in the image?",
+                f"Is there a {color} {shape} in the image?",
+            )
+        elif s.task == "color":
+            shape = s.prompt.removeprefix("What color is the ").removesuffix("?")
+            assert {c for c, sh in pairs if sh == shape} == {s.answer}
+        elif s.task == "count":
+            shape = s.prompt.removeprefix("How many ").removesuffix("s are there?")
+            assert int(s.answer) == scene.count(shape)
+        elif s.task == "word":
+            assert s.prompt == WORD_PROMPT and s.answer == scene.text
+    kinds = {s.kind for s in samples if s.task == "exists"}
+    if level != "text" and len(scene.shapes) < len(SHAPES):
+        assert set(NEGATIVE_TYPES) <= kinds and "positive" in kinds
+
+
+@pytest.mark.parametrize(("seed", "level"), CASES)
+def test_caption_parses_back_to_ground_truth(seed, level):
+    scene = generate_scene(seed, level)
+    mentions = parse_objects(caption(scene))
+    got = sorted((m.color, m.shape) for m in mentions for _ in range(m.count))
+    assert got == sorted((o.color, o.shape) for o in scene.objects)
+
+
+def test_caption_format():
+    assert parse_objects("A red circle, an orange square and two green triangles.") == [
+        Mention("red", "circle", 1),
+        Mention("orange", "square", 1),
+        Mention("green", "triangle", 2),
+    ]
+    assert parse_objects("There is a star. The word cat.") == [Mention(None, "star", 1)]
+    assert caption(generate_scene(0, "text")).startswith("The word ")
+
+
+def test_chair_on_hand_computed_fixture():
+    captions = [
+        "A red circle and a blue star.",  # truth circle, square: star hallucinated, square missed
+        "Two green squares.",  # truth square: perfect
+        "A white heart, a red heart and a yellow arrow.",  # truth heart, arrow, circle
+    ]
+    truths = [["circle", "square"], ["square", "square"], ["heart", "arrow", "circle"]]
+    scores = chair(captions, truths)
+    # distinct shapes mentioned: 2 + 1 + 2 = 5, hallucinated 1
+    # distinct ground-truth shapes: 2 + 1 + 3 = 6, of which mentioned 1 + 1 + 2
+    assert scores.chair_i == pytest.approx(1 / 5)
+    assert scores.chair_s == pytest.approx(1 / 3)
+    assert scores.recall == pytest.approx(4 / 6)
+    assert scores.n_captions == 3
+
+
+def test_answer_scorers():
+    assert yes_no_accuracy(["Yes", "no.", "Yes, there is", "maybe"], ["Yes", "No", "No", "No"]) == 0.5
+    assert exact_match(["red.", " Blue", "cat"], ["red", "blue", "dog"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="predictions"):
+        exact_match(["a"], [])
+
+
+def test_tokenizer_covers_every_prompt_and_answer():
+    tokenizer = build_tokenizer()
+    for seed, level in CASES[::3]:
+        scene = generate_scene(seed, level)
+        for s in make_samples(scene, np.random.default_rng(seed)):
+            ids = tokenizer(f"{s.prompt} {s.answer}", add_special_tokens=False)["input_ids"]
+            assert tokenizer.unk_token_id not in ids, s
+            answer_ids = tokenizer(s.answer, add_special_tokens=False)["input_ids"]
+            assert tokenizer.decode(answer_ids) == s.answer
+
+
+def test_processor_chat_template_and_image_tokens():
+    processor = build_processor()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == "<s>USER: <image>\nDescribe the image. ASSISTANT:"
+    enc = processor(images=generate_scene(1).image, text=text, return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    tok = processor.tokenizer
+    assert ids.count(tok.convert_tokens_to_ids("<image>")) == 576
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tuple(enc["pixel_values"].shape) == (1, 3, 336, 336)

@@ -1,0 +1,143 @@
+"""Training pipeline: a tiny smoke run learns, resumes exactly, and its pieces match transformers.
+
+The smoke config (``scenes.train.SMOKE``) keeps LLaVA-1.5's geometry (336 px, 576 patches) with
+tiny widths, so each test runs in seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from scenes.data import pack_sequences, patch_owners, pixel_tensor, random_keep, training_scene, visible_scene
+from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
+from scenes.model import build_model
+from scenes.tasks import make_samples
+from scenes.train import SMOKE, main, train
+from scenes.vocab import build_processor, build_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_smoke_run_loss_falls_and_model_loads_offline(tmp_path):
+    out = tmp_path / "model"
+    result = main(["--smoke", "--out", str(out), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    for stage in (1, 2):
+        losses = [r["loss"] for r in result["history"] if r["stage"] == stage]
+        assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), (stage, losses)
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    processor = AutoProcessor.from_pretrained(out, local_files_only=True)
+    model = LlavaForConditionalGeneration.from_pretrained(out, local_files_only=True)
+    assert model.config.vision_feature_layer == -2
+    assert model.config.vision_feature_select_strategy == "default"
+    assert model.config.image_seq_length == 576
+    assert processor.tokenizer.chat_template == build_processor().tokenizer.chat_template
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    cfg = dataclasses.replace(SMOKE, vision_steps=4, text_steps=4, checkpoint_every=100)
+    full = train(cfg, tmp_path / "a", tmp_path / "run_a", progress=False)
+    part = train(cfg, tmp_path / "b", tmp_path / "run_b", progress=False, stop_after=3)
+    assert not part["done"]
+    part = train(cfg, tmp_path / "b", tmp_path / "run_b", progress=False, resume=True, stop_after=3)
+    assert not part["done"]  # stopped inside stage 2
+    rest = train(cfg, tmp_path / "b", tmp_path / "run_b", progress=False, resume=True)
+    assert rest["done"]
+    assert [r["loss"] for r in rest["history"]] == pytest.approx([r["loss"] for r in full["history"]], rel=1e-5)
+    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _random_model():
+    tokenizer = build_tokenizer()
+    model = build_model(SMOKE.model, tokenizer, seed=3).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(200.0)  # clear logit margins, so greedy paths cannot tie
+    return tokenizer, model
+
+
+@torch.no_grad()
+def test_packed_training_equals_single_turn_chat():
+    """Shared-prefix packing gives the same answer logits as the processor + model forward."""
+    tokenizer, model = _random_model()
+    processor = build_processor(tokenizer)
+    scene = training_scene(5)
+    samples = make_samples(scene, np.random.default_rng(0))[:4]
+    batch = pack_sequences(tokenizer, [samples], 576)
+    feats = model.model.vision_tower(pixel_tensor([scene]), output_hidden_states=True).hidden_states[-2][:, 1:]
+    embeds = model.get_input_embeddings()(batch.input_ids)
+    image_mask = (batch.input_ids == model.config.image_token_id)[..., None]
+    embeds = embeds.masked_scatter(image_mask, model.model.multi_modal_projector(feats))
+    hidden = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
+    keep = batch.labels[0] != -100
+    packed = model.lm_head(hidden[0, keep])
+
+    reference, targets = [], []
+    for s in samples:
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt}]}
+        reply = {"role": "assistant", "content": [{"type": "text", "text": s.answer}]}
+        enc = processor(images=scene.image, text=processor.apply_chat_template([user, reply]), return_tensors="pt")
+        assert torch.equal(enc["pixel_values"], pixel_tensor([scene]))
+        prompt = processor.apply_chat_template([user], add_generation_prompt=True)
+        start = len(processor(images=scene.image, text=prompt)["input_ids"][0])
+        ids = enc["input_ids"][0]
+        reference.append(model(**enc).logits[0, start - 1 : len(ids) - 1])
+        targets.append(ids[start:])
+    assert batch.labels[0, keep].tolist() == torch.cat(targets).tolist()
+    torch.testing.assert_close(packed, torch.cat(reference), rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_greedy_answers_match_generate():
+    tokenizer, model = _random_model()
+    processor = build_processor(tokenizer)
+    scene = eval_scenes(2)[1]
+    prompts = [s.prompt for s in eval_samples(scene)][:3]
+    mine = greedy_answers(model, tokenizer, encode_scene(model, scene).feats_pre, prompts, max_new_tokens=6)
+    for prompt, answer in zip(prompts, mine, strict=True):
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        text = processor.apply_chat_template([user], add_generation_prompt=True)
+        enc = processor(images=scene.image, text=text, return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+        assert answer == tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert answer  # the scaled random head does not stop at once
+
+
+def test_token_dropping_keeps_answers_faithful():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        keep = random_keep(rng, (24, 24))
+        assert 16 <= len(keep) <= 576 and np.all(np.diff(keep) > 0) and keep[-1] < 576
+    scene = training_scene(11)
+    assert visible_scene(scene, np.arange(576)).objects == scene.objects
+    owners = patch_owners(scene)
+    first = scene.objects[0]
+    only_first = np.flatnonzero(owners == 1)
+    assert visible_scene(scene, only_first).objects == (first,)
+    assert visible_scene(scene, np.flatnonzero(owners == 0)) is None
+
+
+def test_packing_with_per_row_image_counts():
+    tokenizer = build_tokenizer()
+    scene = training_scene(2)
+    samples = make_samples(scene, np.random.default_rng(0))[:3]
+    batch = pack_sequences(tokenizer, [samples, samples[:1]], [576, 40])
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert (batch.input_ids == image_id).sum(dim=1).tolist() == [576, 40]
+    assert batch.attention_mask.shape == (2, 1, batch.input_ids.shape[1], batch.input_ids.shape[1])
+    with pytest.raises(ValueError, match="image token counts"):
+        pack_sequences(tokenizer, [samples], [576, 40])

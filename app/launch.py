@@ -1,0 +1,82 @@
+"""Starting the app: which model, which examples, which vocabulary, and the Gradio server settings.
+
+``create_demo`` is cached per model and device, so the model is loaded once per process however
+often it is asked for (``app.py`` builds the demo at import for HuggingFace Spaces and then launches
+it when run as a script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+from .compare import ComparePipeline, Example
+from .objects import COCO_VOCABULARY, SCENE_VOCABULARY
+from .runtime import load_runner
+
+__all__ = ["EMBEDDED_MODEL", "create_demo", "main", "scene_examples"]
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_MODEL = ROOT / "assets" / "models" / "prunelens-tiny-llava"
+MAX_UPLOAD = "20mb"
+SCENE_EXAMPLES = (("text", 3), ("simple", 11), ("medium", 5), ("complex", 7), ("complex", 19))
+
+
+def scene_examples() -> list[Example]:
+    """Built-in scenes from simple to complex, each with its exact ground truth."""
+    from scenes import generate_scene
+
+    out = []
+    for complexity, seed in SCENE_EXAMPLES:
+        scene = generate_scene(seed, complexity)
+        shapes = tuple(sorted({o.shape for o in scene.objects}))
+        prompt = "What word is written in the image?" if scene.text and not scene.objects else "Describe the image."
+        note = f"built-in scene, {complexity}, seed {seed}: {len(scene.objects)} object(s)"
+        out.append(Example(f"{complexity} #{seed}", scene.image, truth=shapes, note=note, prompt=prompt))
+    return out
+
+
+def _is_embedded(model: str) -> bool:
+    path = Path(model)
+    return path.exists() and path.resolve() == EMBEDDED_MODEL.resolve()
+
+
+@functools.lru_cache(maxsize=2)
+def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_tokens: int = 48):
+    """Load ``model`` once and build the page for it."""
+    from .ui import build_demo
+
+    if _is_embedded(model) and not EMBEDDED_MODEL.joinpath("config.json").exists():
+        raise SystemExit(
+            f"The embedded model is missing from {EMBEDDED_MODEL}. Reproduce it with `python -m scenes.train` "
+            "or pass --model with a LLaVA checkpoint."
+        )
+    runner = load_runner(model, device=device)
+    embedded = _is_embedded(model)
+    pipeline = ComparePipeline(
+        runner,
+        vocabulary=SCENE_VOCABULARY if embedded else COCO_VOCABULARY,
+        examples=scene_examples(),
+        max_new_tokens=max_new_tokens,
+    )
+    return build_demo(pipeline)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="PruneLens: compare visual-token pruning methods in the browser.")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("PRUNELENS_MODEL", str(EMBEDDED_MODEL)),
+        help="HuggingFace id or local folder of a LLaVA checkpoint (default: the embedded model)",
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--concurrency", type=int, default=1, help="model requests run at once")
+    args = parser.parse_args(argv)
+    demo = create_demo(args.model, args.device, args.max_new_tokens)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=64).launch(
+        share=args.share, max_file_size=MAX_UPLOAD, show_error=False
+    )

@@ -1,0 +1,311 @@
+"""The PruneLens page: layout and wiring only. Handlers live in ``app.handlers``.
+
+``build_demo(pipeline)`` returns a ``gr.Blocks``. Events follow one rule: the image loads (encode),
+then every change of budget, methods, parameters or colouring re-runs only selection and drawing;
+the Compare button adds generation as a second, slower step. The page keeps only small values in
+session state (the image key and a summary for export); the heavy encoding lives in the pipeline's
+bounded cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from .handlers import PROMPT_PRESETS, Handlers
+
+__all__ = ["build_demo", "gpu"]
+
+log = logging.getLogger("prunelens")
+
+HIGHLIGHT_COLOURS = {"correct": "#2ca02c", "hallucinated": "#d62728", "not in full answer": "#ff7f0e"}
+INTRO = """# PruneLens
+Compare what visual-token pruning keeps, what the model then says, and how much faster it says it.
+Pick an image and a question, choose a budget (how many of the model's visual tokens the language
+model receives) and the methods to compare. Kept patches stay clear, dropped ones are dimmed.
+Object mentions in the answers are marked **green** (in the image) or **red** (hallucinated)."""
+
+
+def gpu(fn: Callable) -> Callable:
+    """``spaces.GPU`` (ZeroGPU on HuggingFace Spaces) when that package is installed, else ``fn``."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def _guard(fn: Callable) -> Callable:
+    """Bad input becomes an on-page error message; anything else is logged, never shown raw."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, MemoryError, RuntimeError) as err:
+            raise gr.Error(str(err) or type(err).__name__) from None
+        except Exception as err:
+            log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"))
+            raise gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running.") from None
+
+    wrapped.__name__ = getattr(fn, "__name__", "handler")
+    return wrapped
+
+
+def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.Blocks:
+    """The page for ``pipeline`` (a ``ComparePipeline`` or anything with its methods)."""
+    h = Handlers(pipeline)
+    info = h.info
+    methods = info["methods"]
+    presets = info["presets"]
+    default_budget = presets[2] if len(presets) > 2 else presets[-1]
+    examples = (
+        examples
+        if examples is not None
+        else [[ex.image, ex.prompt or PROMPT_PRESETS[0]] for ex in getattr(pipeline, "examples", [])]
+    )
+
+    with gr.Blocks(title="PruneLens") as demo:
+        key = gr.State("")
+        record = gr.State({})
+        gr.Markdown(INTRO)
+        gr.Markdown(
+            f"Model **{info['model']}** on **{info['device']}** · {info['n_tokens']} visual tokens "
+            f"({info['grid'][0]}×{info['grid'][1]})",
+            elem_id="model-line",
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = gr.Image(
+                    label="Image",
+                    type="pil",
+                    sources=["upload", "clipboard", "webcam"],
+                    height=300,
+                    format="png",
+                    elem_id="image",
+                )
+                prompt = gr.Textbox(label="Prompt", value=PROMPT_PRESETS[0], max_lines=4, elem_id="prompt")
+                preset = gr.Dropdown(list(PROMPT_PRESETS), label="Prompt presets", value=None)
+                truth = gr.Textbox(
+                    label="Ground truth objects (optional, comma-separated)",
+                    placeholder="e.g. dog, frisbee, person — built-in scenes fill this in themselves",
+                )
+                budget = gr.Slider(
+                    1,
+                    info["n_tokens"],
+                    value=default_budget,
+                    step=1,
+                    label="Budget K (kept tokens)",
+                    elem_id="budget",
+                )
+                budget_preset = gr.Radio([str(p) for p in presets], value=str(default_budget), label="Paper presets")
+                retention = gr.Markdown(f"Retention: {default_budget / info['n_tokens']:.1%}")
+                chosen = gr.CheckboxGroup(methods, value=info["default_methods"], label="Methods", elem_id="methods")
+                colour_by = gr.Radio(["none", "order", "attention"], value="none", label="Colour kept patches by")
+                with gr.Accordion("Method parameters", open=False):
+                    param_boxes = []
+                    for slot in h.slots:
+                        if isinstance(slot.default, bool):
+                            param_boxes.append(gr.Checkbox(value=slot.default, label=slot.label))
+                        else:
+                            param_boxes.append(gr.Number(value=slot.default, label=slot.label))
+                run = gr.Button("Compare answers", variant="primary", elem_id="run")
+                if examples:
+                    gr.Examples(examples=examples, inputs=[image, prompt], label="Examples (simple → complex)")
+            with gr.Column(scale=2):
+                complexity_md = gr.Markdown("Load an image to see its complexity.", elem_id="complexity")
+                complexity_plot = gr.Plot(label="Where this image sits", elem_id="complexity-plot")
+                with gr.Row():
+                    heat = gr.Plot(label="[CLS] attention", elem_id="heatmap")
+                    taus = gr.Plot(label="Adaptive τ schedule", elem_id="taus")
+
+        gr.Markdown("## Side by side")
+        with gr.Row(equal_height=False):
+            with gr.Column(min_width=220, elem_id="col-full"):
+                gr.Markdown("### full model")
+                full_image = gr.Image(label="all tokens", interactive=False, height=260)
+                full_speed = gr.Markdown()
+                full_answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id="answer-full")
+                full_missed = gr.Markdown()
+            cols = []
+            for i, method in enumerate(methods):
+                with gr.Column(
+                    min_width=220, visible=method in info["default_methods"], elem_id=f"col-{method}"
+                ) as col:
+                    title = gr.Markdown(f"### {method}")
+                    overlay = gr.Image(
+                        label=f"{method} overlay", interactive=False, height=260, elem_id=f"overlay-{method}"
+                    )
+                    stats = gr.Markdown(elem_id=f"stats-{method}")
+                    speed = gr.Markdown()
+                    answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id=f"answer-{method}")
+                    missed = gr.Markdown()
+                cols.append(
+                    dict(
+                        method=method,
+                        col=col,
+                        title=title,
+                        overlay=overlay,
+                        stats=stats,
+                        speed=speed,
+                        answer=answer,
+                        missed=missed,
+                        index=i,
+                    )
+                )
+        answer_summary = gr.Markdown()
+        with gr.Row():
+            bars = gr.Plot(label="Methods on this image", elem_id="bars")
+            sweep = gr.Plot(label="Budget sweep", elem_id="sweep")
+        with gr.Accordion("Step through a greedy walk", open=False):
+            with gr.Row():
+                step_method = gr.Radio(
+                    [m for m in ("adaptive", "diversity", "attention") if m in methods],
+                    value="adaptive",
+                    label="Method",
+                )
+                step = gr.Slider(1, info["n_tokens"], value=1, step=1, label="Pick")
+            with gr.Row():
+                step_image = gr.Image(label="picks so far (crossed: suppressed at this pick)", height=320)
+                step_md = gr.Markdown()
+        with gr.Accordion("Export", open=False):
+            with gr.Row():
+                export_json = gr.Button("Comparison as JSON")
+                export_png = gr.Button("Overlays as PNG")
+            export_file = gr.File(label="Download")
+
+        # -- wiring ---------------------------------------------------------------------------------
+        params_in = param_boxes
+        view_outputs = [bars, taus, record]
+        for c in cols:
+            view_outputs += [c["col"], c["overlay"], c["stats"]]
+
+        def on_view(k, chosen_methods, k_budget, colour, *pvals):
+            if not k:
+                return [gr.skip()] * len(view_outputs)
+            cards, bar_fig, tau_fig, rec = h.view(k, chosen_methods, k_budget, list(pvals), colour)
+            by_method = {c["method"]: c for c in cards}
+            out = [bar_fig, tau_fig, rec]
+            for c in cols:
+                card = by_method.get(c["method"])
+                out += [
+                    gr.Column(visible=card is not None),
+                    card["overlay"] if card else None,
+                    card["stats"] if card else "",
+                ]
+            return out
+
+        def on_load(img):
+            k, md, fig, heat_fig = h.load(img)
+            return k, md, fig, heat_fig, pipeline.view_image(k)
+
+        def on_sweep(k, chosen_methods, *pvals):
+            return h.sweep(k, chosen_methods, list(pvals)) if k else gr.skip()
+
+        answer_outputs = [full_answer, full_speed, full_missed, answer_summary, record]
+        for c in cols:
+            answer_outputs += [c["answer"], c["speed"], c["missed"]]
+
+        def on_answer(k, text, chosen_methods, k_budget, truth_text, rec, *pvals):
+            full, cards, summary, rec_answers = h.answer(k, text, chosen_methods, k_budget, list(pvals), truth_text)
+            by_method = dict(zip(h.methods(chosen_methods), cards))
+            out = [full["segments"], full["speed"], full["missed"], summary, {**(rec or {}), **rec_answers}]
+            for c in cols:
+                card = by_method.get(c["method"])
+                out += [
+                    card["segments"] if card else None,
+                    card["speed"] if card else "",
+                    card["missed"] if card else "",
+                ]
+            return out
+
+        def on_step(k, m, k_budget, s, *pvals):
+            return h.step(k, m, k_budget, s, list(pvals)) if k else (None, "Load an image first.")
+
+        view_inputs = [key, chosen, budget, colour_by, *params_in]
+        load_event = image.change(
+            _guard(on_load),
+            [image],
+            [key, complexity_md, complexity_plot, heat, full_image],
+            api_visibility="private",
+        )
+        load_event.then(_guard(on_view), view_inputs, view_outputs, api_visibility="private").then(
+            _guard(on_sweep), [key, chosen, *params_in], [sweep], api_visibility="private"
+        )
+        for control in (chosen, budget, colour_by, *params_in):
+            control.change(
+                _guard(on_view),
+                view_inputs,
+                view_outputs,
+                api_visibility="private",
+                trigger_mode="always_last",
+            )
+        chosen.change(
+            _guard(on_sweep),
+            [key, chosen, *params_in],
+            [sweep],
+            api_visibility="private",
+            trigger_mode="always_last",
+        )
+        budget.change(
+            lambda b: f"Retention: {float(b) / info['n_tokens']:.1%}",
+            [budget],
+            [retention],
+            api_visibility="private",
+            queue=False,
+        )
+        budget_preset.input(lambda p: int(p), [budget_preset], [budget], api_visibility="private", queue=False)
+        preset.input(lambda p: p or gr.skip(), [preset], [prompt], api_visibility="private", queue=False)
+        run.click(_guard(on_view), view_inputs, view_outputs, api_visibility="private").then(
+            _guard(gpu(on_answer)),
+            [key, prompt, chosen, budget, truth, record, *params_in],
+            answer_outputs,
+            api_visibility="private",
+            concurrency_id="model",
+            concurrency_limit=1,
+        )
+        for control in (step, step_method):
+            control.change(
+                _guard(on_step),
+                [key, step_method, budget, step, *params_in],
+                [step_image, step_md],
+                api_visibility="private",
+                trigger_mode="always_last",
+            )
+        export_json.click(_guard(h.export_json), [record], [export_file], api_visibility="private")
+        overlays = [c["overlay"] for c in cols]
+
+        def on_png(*imgs):
+            return h.export_png([(c["method"], img) for c, img in zip(cols, imgs)])
+
+        export_png.click(_guard(on_png), overlays, [export_file], api_visibility="private")
+
+        def compare(image, prompt, methods="attention,diversity,adaptive", budget=64, truth=""):
+            """Compare pruning methods on one image: per-method selection numbers and answers (JSON)."""
+            names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else methods
+            return pipeline.compare(
+                image, h.prompt(prompt), h.methods(names), h.budget(budget), truth_text=truth or None
+            )
+
+        api_in = [
+            gr.Image(type="pil", visible=False, label="image"),
+            gr.Textbox(visible=False, label="prompt"),
+            gr.Textbox(value=",".join(info["default_methods"]), visible=False, label="methods (comma-separated)"),
+            gr.Number(value=default_budget, visible=False, label="budget"),
+            gr.Textbox(value="", visible=False, label="ground truth objects (comma-separated, optional)"),
+        ]
+        api_out = gr.JSON(visible=False, label="comparison")
+        api_button = gr.Button(visible=False)
+        api_button.click(
+            _guard(gpu(compare)),
+            api_in,
+            api_out,
+            api_name="compare",
+            concurrency_id="model",
+            concurrency_limit=1,
+        )
+    return demo

@@ -1,0 +1,255 @@
+"""Reports of an analysis: a markdown summary and an HTML page of plotly figures.
+
+Tables follow the paper's (methods.md): kept erank per method (Table 1), CHAIR per method (Table 2),
+the effect of the hybrid mix ratio (Table 3, when hybrid variants were run), attention vs diversity
+by image complexity (Table 4), and hybrid vs hybrid-erank vs its inverse (Tables 5–6, when run).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from visualizers.palette import method_colour
+
+from .config import AnalysisConfig
+from .scoring import aggregate
+
+__all__ = ["summarise", "write_reports"]
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}" if pct else f"{value:.2f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """Aggregates per (label, budget), per (label, budget, complexity bin) and per (label, budget, level)."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        groups[("all", r["label"], r["budget"])].append(r)
+        groups[("bin", r["label"], r["budget"], r["complexity_bin"])].append(r)
+        if r.get("complexity"):
+            groups[("level", r["label"], r["budget"], r["complexity"])].append(r)
+    return {key: aggregate(group) for key, group in groups.items()}
+
+
+def _score(agg: dict[str, Any]) -> float | None:
+    """One accuracy-like number per group: POPE/existence accuracy, else 1 − CHAIR_s, else other tasks."""
+    if agg["pope"]["accuracy"] is not None:
+        return agg["pope"]["accuracy"]
+    if agg["chair"]["chair_s"] is not None:
+        return 1 - agg["chair"]["chair_s"]
+    return agg["other_accuracy"]
+
+
+def write_reports(output: Path, config: AnalysisConfig) -> str:
+    """Write ``summary.md`` and ``report.html`` from ``results.jsonl``; returns the markdown."""
+    from .run import read_rows
+
+    rows = read_rows(output / "results.jsonl")
+    stats = summarise(rows)
+    labels = ["full"] + [m.label for m in config.methods]
+    budgets = list(config.budgets)
+    n_items = len({r["item_id"] for r in rows})
+    md = [
+        f"# PruneLens analysis: {config.model}",
+        "",
+        f"{n_items} images, source `{config.source['kind']}`, budgets {budgets}, tasks {list(config.tasks)}.",
+        "",
+    ]
+
+    def get(label: str, budget: Any, *rest: str) -> dict[str, Any] | None:
+        if label == "full":
+            matches = [
+                v
+                for k, v in stats.items()
+                if k[0] == ("bin" if rest else "all") and k[1] == "full" and (not rest or k[3] == rest[0])
+            ]
+            return matches[0] if matches else None
+        return stats.get(("bin", label, budget, *rest) if rest else ("all", label, budget))
+
+    md += ["## Kept diversity (Table 1): mean kept-token erank", ""]
+    full = get("full", None)
+    if full is not None:
+        md += [f"Mean image erank (all tokens): {_fmt(full['kept_erank'])}.", ""]
+    md.append(
+        _table(
+            ["method", *[f"K={b}" for b in budgets]],
+            [[lab, *[_fmt((get(lab, b) or {}).get("kept_erank")) for b in budgets]] for lab in labels[1:]],
+        )
+    )
+    md += ["", "## Hallucination (Table 2): CHAIR_s / CHAIR_i / recall (%), mean length", ""]
+    rows_t2 = []
+    for lab in labels:
+        for b in [None] if lab == "full" else budgets:
+            a = get(lab, b)
+            if a is None or a["chair"]["n"] == 0:
+                continue
+            c = a["chair"]
+            rows_t2.append(
+                [
+                    lab,
+                    "all" if b is None else b,
+                    _fmt(c["chair_s"], True),
+                    _fmt(c["chair_i"], True),
+                    _fmt(c["recall"], True),
+                    _fmt(c["length"]),
+                ]
+            )
+    md.append(
+        _table(["method", "K", "CHAIR_s", "CHAIR_i", "recall", "length"], rows_t2)
+        if rows_t2
+        else "No caption task in this run."
+    )
+    md += ["", "## POPE / existence: accuracy / F1 / yes-ratio (%)", ""]
+    rows_pope = []
+    for lab in labels:
+        for b in [None] if lab == "full" else budgets:
+            a = get(lab, b)
+            if a is None or a["pope"]["n"] == 0:
+                continue
+            p = a["pope"]
+            rows_pope.append(
+                [
+                    lab,
+                    "all" if b is None else b,
+                    _fmt(p["accuracy"], True),
+                    _fmt(p["f1"], True),
+                    _fmt(p["yes_ratio"], True),
+                ]
+            )
+    md.append(
+        _table(["method", "K", "accuracy", "F1", "yes-ratio"], rows_pope)
+        if rows_pope
+        else "No yes/no task in this run."
+    )
+    bins = [b for b in ("simple", "intermediate", "complex") if any(k[0] == "bin" and k[3] == b for k in stats)]
+    md += [
+        "",
+        "## By image complexity (Table 4): score per erank bin",
+        "",
+        "Score = yes/no accuracy when asked, else 1 − CHAIR_s, else the other tasks' accuracy (%).",
+        "",
+    ]
+    md.append(
+        _table(
+            ["method", "K", *bins],
+            [
+                [lab, b, *[_fmt(_score(a) if (a := get(lab, b, bn)) else None, True) for bn in bins]]
+                for lab in labels
+                if lab != "full"
+                for b in budgets
+            ],
+        )
+    )
+    levels = sorted({k[3] for k in stats if k[0] == "level"})
+    if levels:
+        md += ["", "Built-in scene levels:", ""]
+        md.append(
+            _table(
+                ["method", "K", *levels],
+                [
+                    [
+                        lab,
+                        b,
+                        *[
+                            _fmt(_score(stats[("level", lab, b, lv)]) if ("level", lab, b, lv) in stats else None, True)
+                            for lv in levels
+                        ],
+                    ]
+                    for lab in labels
+                    if lab != "full"
+                    for b in budgets
+                ],
+            )
+        )
+    hybrids = [m for m in config.methods if m.method == "hybrid"]
+    if len(hybrids) > 1:
+        md += ["", "## Hybrid mix ratio R (Table 3)", ""]
+        md.append(
+            _table(
+                ["variant", "R", "K", "kept erank", "CHAIR_s", "score"],
+                [
+                    [
+                        m.label,
+                        m.params.get("ratio", 0.5),
+                        b,
+                        _fmt(get(m.label, b)["kept_erank"]),
+                        _fmt(get(m.label, b)["chair"]["chair_s"], True),
+                        _fmt(_score(get(m.label, b)), True),
+                    ]
+                    for m in hybrids
+                    for b in budgets
+                ],
+            )
+        )
+    mixes = [m for m in config.methods if m.method in ("hybrid", "hybrid-erank")]
+    if any(m.method == "hybrid-erank" for m in mixes):
+        md += ["", "## Fixed vs image-aware mix (Tables 5–6)", ""]
+        md.append(
+            _table(
+                ["variant", "K", *bins],
+                [
+                    [m.label, b, *[_fmt(_score(a) if (a := get(m.label, b, bn)) else None, True) for bn in bins]]
+                    for m in mixes
+                    for b in budgets
+                ],
+            )
+        )
+    text = "\n".join(md) + "\n"
+    (output / "summary.md").write_text(text)
+    _write_html(output, config, stats, labels, budgets, bins, text)
+    return text
+
+
+def _write_html(
+    output: Path,
+    config: AnalysisConfig,
+    stats: dict,
+    labels: list[str],
+    budgets: list[int],
+    bins: list[str],
+    markdown: str,
+) -> None:
+    figs = []
+    erank = go.Figure()
+    chair = go.Figure()
+    for lab in labels[1:]:
+        colour = method_colour(next(m.method for m in config.methods if m.label == lab))
+        ys = [(stats.get(("all", lab, b)) or {}).get("kept_erank") for b in budgets]
+        erank.add_trace(go.Scatter(x=budgets, y=ys, name=lab, mode="lines+markers", line=dict(color=colour)))
+        cs = [(stats.get(("all", lab, b)) or {"chair": {}})["chair"].get("chair_s") for b in budgets]
+        chair.add_trace(go.Bar(x=[str(b) for b in budgets], y=cs, name=lab, marker_color=colour))
+    erank.update_layout(title="Kept-token erank per method (Table 1)", xaxis_title="K", yaxis_title="erank")
+    chair.update_layout(title="CHAIR_s per method (Table 2)", xaxis_title="K", yaxis_title="CHAIR_s", barmode="group")
+    figs += [erank, chair]
+    for b in budgets:
+        fig = go.Figure()
+        for lab in labels[1:]:
+            colour = method_colour(next(m.method for m in config.methods if m.label == lab))
+            ys = [_score(stats[("bin", lab, b, bn)]) if ("bin", lab, b, bn) in stats else None for bn in bins]
+            fig.add_trace(go.Bar(x=bins, y=ys, name=lab, marker_color=colour))
+        fig.update_layout(title=f"Score by image complexity at K={b} (Table 4)", barmode="group", yaxis_title="score")
+        figs.append(fig)
+    parts = [fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False) for i, fig in enumerate(figs)]
+    body = "\n".join(parts)
+    escaped = markdown.replace("&", "&amp;").replace("<", "&lt;")
+    html = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>PruneLens analysis</title></head><body>"
+        f"<h1>PruneLens analysis</h1>{body}<h2>Tables</h2><pre>{escaped}</pre></body></html>"
+    )
+    (output / "report.html").write_text(html)

@@ -1,0 +1,264 @@
+"""Running an analysis: every image once through the encoder, every method and budget, batched answers.
+
+Results go to ``OUTPUT/results.jsonl`` (and ``.csv``) one image at a time, each image's rows in a
+single flushed write, so an interrupted run loses at most the image in flight and a rerun resumes
+after the last complete one. Under ``accelerate launch`` (or any launcher that sets ``RANK`` and
+``WORLD_SIZE``) every process takes every WORLD_SIZE-th image and writes its own shard; the last
+process to finish merges the shards in image order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import pruning
+
+from ..images import load_image
+from ..objects import COCO_VOCABULARY, SCENE_VOCABULARY
+from .config import AnalysisConfig
+from .scoring import score_answer
+from .sources import Item, Problem, coco_items, pope_items, scene_items
+
+__all__ = ["CSV_COLUMNS", "items_for", "read_rows", "run_analysis", "shard_paths"]
+
+CSV_COLUMNS = (
+    "item_id", "complexity", "complexity_bin", "image_erank", "attention_entropy", "label", "method", "budget",
+    "n_visual_tokens", "kept_erank", "retained_attention", "task", "kind", "prompt", "answer", "gold", "pred",
+    "correct", "mentioned", "hallucinated", "recall", "length", "select_ms", "batch_ms",
+)  # fmt: skip
+
+
+def items_for(config: AnalysisConfig, problems: list[Problem]) -> Iterator[Item]:
+    src = config.source
+    if src["kind"] == "scenes":
+        return scene_items(
+            per_complexity=src["per_complexity"], seed=src["seed"], tasks=config.tasks, levels=tuple(src["levels"])
+        )
+    if src["kind"] == "coco":
+        return coco_items(
+            images=src["images"],
+            annotations=src["annotations"],
+            n_images=src["n_images"],
+            seed=src["seed"],
+            problems=problems,
+        )
+    return pope_items(questions=src["questions"], images=src["images"], problems=problems)
+
+
+def shard_paths(output: Path, rank: int, world: int) -> tuple[Path, Path]:
+    """(jsonl, csv) this process writes."""
+    stem = "results" if world == 1 else f"results.rank{rank}-of-{world}"
+    return output / f"{stem}.jsonl", output / f"{stem}.csv"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results file; a torn last line (an interrupted write) is dropped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _bin(erank: float, runner: Any) -> str:
+    cal = runner.calibration
+    return "simple" if erank <= cal.erank_p10 else "complex" if erank >= cal.erank_p90 else "intermediate"
+
+
+def _complete_items(rows: list[dict[str, Any]]) -> set[str]:
+    counts: dict[str, int] = {}
+    expected: dict[str, int] = {}
+    for r in rows:
+        counts[r["item_id"]] = counts.get(r["item_id"], 0) + 1
+        expected[r["item_id"]] = r["rows_in_item"]
+    return {i for i, n in counts.items() if n == expected[i]}
+
+
+@torch.inference_mode()
+def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab: Any) -> list[dict[str, Any]]:
+    encoding = runner.encode(image, use_cache=False)
+    n = encoding.n_tokens
+    base = {
+        "item_id": item.item_id,
+        "complexity": item.complexity,
+        "complexity_bin": _bin(encoding.image_erank, runner),
+        "image_erank": encoding.image_erank,
+        "attention_entropy": encoding.attention_entropy,
+        "truth": list(item.truth) if item.truth is not None else None,
+    }
+    variants: list[tuple[dict[str, Any], pruning.Selection | None]] = [
+        (
+            {
+                "label": "full",
+                "method": "full",
+                "budget": n,
+                "n_visual_tokens": n,
+                "kept_erank": encoding.image_erank,
+                "retained_attention": 1.0,
+                "select_ms": 0.0,
+            },
+            None,
+        )
+    ]
+    for spec in config.methods:
+        for budget in config.budgets:
+            sel = runner.select(encoding, spec.method, min(budget, n), **spec.params)
+            tokens = runner.visual_tokens(encoding, sel)[encoding.prefix.shape[0] :]
+            variants.append(
+                (
+                    {
+                        "label": spec.label,
+                        "method": spec.method,
+                        "budget": budget,
+                        "n_visual_tokens": sel.n_output_tokens,
+                        "kept_erank": pruning.effective_rank(tokens) if tokens.shape[0] > 1 else 1.0,
+                        "retained_attention": pruning.retained_attention(encoding.inputs.cls_attn, sel.keep)
+                        if sel.keep.numel()
+                        else 0.0,
+                        "select_ms": sel.info.get("select_ms"),
+                    },
+                    sel,
+                )
+            )
+    rows = []
+    for query in item.queries:
+        start = time.perf_counter()
+        gens = runner.generate_many(
+            encoding, query.prompt, [sel for _, sel in variants], max_new_tokens=config.max_new_tokens
+        )
+        batch_ms = (time.perf_counter() - start) * 1e3
+        for (numbers, _), gen in zip(variants, gens):
+            scores = score_answer(query.task, gen.text, query.gold, item.truth, vocab)
+            rows.append(
+                {
+                    **base,
+                    **numbers,
+                    "task": query.task,
+                    "kind": query.kind,
+                    "prompt": query.prompt,
+                    "answer": gen.text,
+                    "gold": query.gold,
+                    **scores,
+                    "batch_ms": batch_ms,
+                }
+            )
+    for r in rows:
+        r["rows_in_item"] = len(rows)
+    return rows
+
+
+def run_analysis(
+    config: AnalysisConfig,
+    *,
+    runner: Any = None,
+    rank: int | None = None,
+    world: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) ``config``; returns {"rows", "skipped", "problems", "merged", "seconds"}."""
+    from ..runtime import load_runner
+    from .report import write_reports
+
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank  # set by accelerate launch / torchrun
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world} processes")
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    saved = output / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(config.to_json()):
+        raise ValueError(f"{output} holds a run with a different config: choose another output folder")
+    if rank == 0 and not saved.exists():
+        saved.write_text(config.to_json())
+    (output / f"done.rank{rank}-of-{world}").unlink(missing_ok=True)
+    problems: list[Problem] = []
+    items = list(items_for(config, problems))
+    mine = items[rank::world]
+    jsonl, csv_path = shard_paths(output, rank, world)
+    done_rows = read_rows(jsonl)
+    complete = _complete_items(done_rows)
+    kept = [r for r in done_rows if r["item_id"] in complete]
+    # Rewrite both files from the complete items: drops a torn last line or a half-written image.
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+
+    if runner is None:
+        runner = load_runner(config.model, device=config.device)
+    vocab = COCO_VOCABULARY if config.source["kind"] != "scenes" else SCENE_VOCABULARY
+    start = time.perf_counter()
+    todo = [item for item in mine if item.item_id not in complete]
+    bar = tqdm(
+        todo, desc=f"analysis (rank {rank}/{world})" if world > 1 else "analysis", disable=not progress, unit="image"
+    )
+    new_rows = 0
+    with jsonl.open("a") as jf, csv_path.open("a", newline="") as cf:
+        writer = csv.DictWriter(cf, CSV_COLUMNS, extrasaction="ignore")
+        for item in bar:
+            try:
+                image = load_image(item.load())
+            except ValueError as err:
+                problems.append(Problem(item.item_id, f"image skipped: {err}"))
+                continue
+            rows = _analyse(item, image, runner, config, vocab)
+            jf.write("".join(json.dumps(r) + "\n" for r in rows))
+            jf.flush()
+            writer.writerows(rows)
+            cf.flush()
+            new_rows += len(rows)
+    with (output / f"problems.rank{rank}.jsonl").open("w") as f:
+        for p in problems:
+            f.write(json.dumps({"where": p.where, "message": p.message}) + "\n")
+    (output / f"done.rank{rank}-of-{world}").write_text(str(len(mine)))
+    merged = _merge_if_last(output, world, [i.item_id for i in items])
+    summary = None
+    if merged:
+        summary = write_reports(output, config)
+    return {
+        "rows": new_rows,
+        "skipped": len(problems),
+        "problems": problems,
+        "merged": merged,
+        "seconds": time.perf_counter() - start,
+        "summary": summary,
+    }
+
+
+def _merge_if_last(output: Path, world: int, order: list[str]) -> bool:
+    """Merge the shards into results.jsonl/.csv once every rank is done.
+
+    Merging is deterministic and each file is replaced atomically, so two processes finishing
+    together both merge harmlessly.
+    """
+    if world == 1:
+        return True
+    if not all((output / f"done.rank{r}-of-{world}").exists() for r in range(world)):
+        return False
+    rows = [r for rank in range(world) for r in read_rows(shard_paths(output, rank, world)[0])]
+    position = {item_id: i for i, item_id in enumerate(order)}
+    rows.sort(key=lambda r: position.get(r["item_id"], len(order)))  # stable: keeps each item's row order
+    pid = os.getpid()
+    tmp_json, tmp_csv = output / f".results.jsonl.{pid}", output / f".results.csv.{pid}"
+    tmp_json.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with tmp_csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp_json, output / "results.jsonl")
+    os.replace(tmp_csv, output / "results.csv")
+    return True

@@ -1,0 +1,114 @@
+"""Scoring answers against ground truth: CHAIR and recall for captions, POPE for yes/no questions.
+
+Per-answer scores are plain dicts (one row of the results file); the aggregate functions reduce a
+list of such rows. Object mentions come from an ``app.objects.Vocabulary``, so the same code scores
+the built-in scenes (shape categories) and COCO captions (80 categories with synonyms).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..objects import Vocabulary, find_mentions
+
+__all__ = ["aggregate", "chair_scores", "first_word", "pope_scores", "score_answer"]
+
+YES_NO = ("yes", "no")
+
+
+def first_word(text: str) -> str:
+    """The first word, lower case (POPE reads only that): ``"Yes, there is."`` → ``"yes"``."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return words[0] if words else ""
+
+
+def _normalize(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def score_answer(task: str, answer: str, gold: str | None, truth: Iterable[str] | None, vocab: Vocabulary) -> dict:
+    """Scores of one answer.
+
+    Args:
+        task: ``"caption"`` (CHAIR against ``truth``), ``"exists"`` / ``"pope"`` (yes/no against
+            ``gold``), anything else exact match against ``gold`` after normalisation.
+    Returns:
+        caption: ``mentioned``, ``hallucinated`` (category lists), ``recall``, ``length`` (words);
+        yes/no: ``pred`` (yes, no or other), ``correct``; others: ``correct``.
+    """
+    if task == "caption":
+        if truth is None:
+            raise ValueError("captions need the ground-truth objects of their image")
+        truth = set(truth)
+        said = sorted({m.category for m in find_mentions(answer, vocab)})
+        wrong = [c for c in said if c not in truth]
+        return {
+            "mentioned": said,
+            "hallucinated": wrong,
+            "recall": len(truth & set(said)) / len(truth) if truth else None,
+            "length": len(answer.split()),
+        }
+    if gold is None:
+        raise ValueError(f"task {task!r} needs a gold answer")
+    if task in ("exists", "pope"):
+        pred = first_word(answer)
+        pred = pred if pred in YES_NO else "other"
+        return {"pred": pred, "correct": pred == gold.strip().lower()}
+    return {"correct": _normalize(answer) == _normalize(gold)}
+
+
+def chair_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
+    """CHAIR_s, CHAIR_i (hallucinated / all mentioned categories), recall and length of captions."""
+    rows = [r for r in rows if r.get("task") == "caption"]
+    if not rows:
+        return {"n": 0, "chair_s": None, "chair_i": None, "recall": None, "length": None}
+    mentioned = sum(len(r["mentioned"]) for r in rows)
+    wrong = sum(len(r["hallucinated"]) for r in rows)
+    recalls = [r["recall"] for r in rows if r.get("recall") is not None]
+    return {
+        "n": len(rows),
+        "chair_s": sum(bool(r["hallucinated"]) for r in rows) / len(rows),
+        "chair_i": wrong / mentioned if mentioned else 0.0,
+        "recall": sum(recalls) / len(recalls) if recalls else None,
+        "length": sum(r["length"] for r in rows) / len(rows),
+    }
+
+
+def pope_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
+    """Accuracy, precision, recall, F1 (``yes`` positive) and yes-ratio of yes/no answers."""
+    rows = [r for r in rows if r.get("task") in ("exists", "pope")]
+    if not rows:
+        return {"n": 0, "accuracy": None, "precision": None, "recall": None, "f1": None, "yes_ratio": None}
+    gold = [r["gold"].strip().lower() for r in rows]
+    pred = [r["pred"] for r in rows]
+    tp = sum(p == "yes" and g == "yes" for p, g in zip(pred, gold))
+    fp = sum(p == "yes" and g == "no" for p, g in zip(pred, gold))
+    fn = sum(p != "yes" and g == "yes" for p, g in zip(pred, gold))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "n": len(rows),
+        "accuracy": sum(p == g for p, g in zip(pred, gold)) / len(rows),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": sum(p == "yes" for p in pred) / len(rows),
+    }
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """All the summary numbers of a group of rows (one method at one budget, say)."""
+    other = [r for r in rows if r.get("task") not in ("caption", "exists", "pope") and "correct" in r]
+    per_item = {r.get("item_id"): r for r in rows}.values()  # selection numbers once per image
+    erank = [r["kept_erank"] for r in per_item if r.get("kept_erank") is not None]
+    retained = [r["retained_attention"] for r in per_item if r.get("retained_attention") is not None]
+    return {
+        "chair": chair_scores(rows),
+        "pope": pope_scores(rows),
+        "other_accuracy": sum(r["correct"] for r in other) / len(other) if other else None,
+        "n_other": len(other),
+        "kept_erank": sum(erank) / len(erank) if erank else None,
+        "retained_attention": sum(retained) / len(retained) if retained else None,
+    }

@@ -1,0 +1,287 @@
+"""The analysis CLI: scoring fixtures, an end-to-end run, resume, sharding, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.analysis.config import parse_config
+from app.analysis.run import read_rows, run_analysis
+from app.analysis.scoring import chair_scores, pope_scores, score_answer
+from app.analysis.sources import Problem, coco_items, pope_items
+from app.analyze import main
+from app.objects import COCO_VOCABULARY, SCENE_VOCABULARY
+from app.runtime import Runner
+from tests.tiny_llava import build_model, build_processor, build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = {"select_ms", "batch_ms"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    tokenizer = build_tokenizer()
+    return Runner.from_model(build_model(tokenizer), build_processor(tokenizer), name="tiny")
+
+
+def config(tmp_path, **extra):
+    raw = {
+        "model": "tiny",
+        "output": str(tmp_path / "out"),
+        "source": {"kind": "scenes", "per_complexity": 3, "levels": ["simple", "complex"]},
+        "methods": ["attention", "diversity"],
+        "budgets": [4],
+        "tasks": ["caption", "exists"],
+        "max_new_tokens": 4,
+    }
+    raw.update(extra)
+    return parse_config(raw)
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+def test_chair_against_hand_computed_values():
+    rows = [
+        {
+            "task": "caption",
+            **score_answer("caption", "A red circle and a blue star.", None, ["circle"], SCENE_VOCABULARY),
+        },
+        {
+            "task": "caption",
+            **score_answer("caption", "Two squares and a circle.", None, ["square", "circle"], SCENE_VOCABULARY),
+        },
+        {"task": "caption", **score_answer("caption", "Nothing here.", None, ["heart"], SCENE_VOCABULARY)},
+    ]
+    # caption 1: mentions circle, star (star hallucinated); caption 2: square, circle (none); caption 3: none.
+    scores = chair_scores(rows)
+    assert scores["chair_s"] == pytest.approx(1 / 3)
+    assert scores["chair_i"] == pytest.approx(1 / 4)
+    assert scores["recall"] == pytest.approx((1 + 1 + 0) / 3)
+    assert rows[0]["hallucinated"] == ["star"] and rows[1]["mentioned"] == ["circle", "square"]
+
+
+def test_chair_with_coco_synonyms():
+    s = score_answer("caption", "Two men walk their puppies past a sofa.", None, ["person", "dog"], COCO_VOCABULARY)
+    assert s["mentioned"] == ["couch", "dog", "person"] and s["hallucinated"] == ["couch"]
+    assert s["recall"] == 1.0
+
+
+def test_pope_against_hand_computed_values():
+    preds = ["Yes, there is.", "No.", "yes", "Yes", "I think not", "no"]
+    gold = ["yes", "yes", "no", "yes", "no", "no"]
+    rows = [
+        {"task": "pope", "gold": g, **score_answer("pope", p, g, None, COCO_VOCABULARY)} for p, g in zip(preds, gold)
+    ]
+    s = pope_scores(rows)
+    # preds: yes, no, yes, yes, other, no -> TP 2, FP 1, FN 1, TN 1 (+ the "other" counts as wrong)
+    assert s["accuracy"] == pytest.approx(3 / 6)
+    assert s["precision"] == pytest.approx(2 / 3)
+    assert s["recall"] == pytest.approx(2 / 3)
+    assert s["f1"] == pytest.approx(2 / 3)
+    assert s["yes_ratio"] == pytest.approx(3 / 6)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def test_cli_end_to_end_six_scenes(tmp_path, runner):
+    cfg = config(tmp_path)
+    result = run_analysis(cfg, runner=runner, progress=False)
+    rows = read_rows(Path(cfg.output) / "results.jsonl")
+    assert len({r["item_id"] for r in rows}) == 6
+    assert {r["label"] for r in rows} == {"full", "attention", "diversity"}
+    assert result["rows"] == len(rows) and result["merged"]
+    assert all(r["n_visual_tokens"] == (16 if r["label"] == "full" else 4) for r in rows)
+    for name in ("results.csv", "summary.md", "report.html", "config.json"):
+        assert (Path(cfg.output) / name).stat().st_size > 0
+    summary = (Path(cfg.output) / "summary.md").read_text()
+    assert "Table 1" in summary and "CHAIR_s" in summary and "| attention | 4 |" in summary
+    # a rerun finds everything done and adds nothing
+    assert run_analysis(cfg, runner=runner, progress=False)["rows"] == 0
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingRunner:
+    """Wraps a runner and fails on the n-th encoding, like a run killed mid-way."""
+
+    def __init__(self, runner, crash_at):
+        self.runner, self.crash_at, self.calls = runner, crash_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def encode(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash
+        return self.runner.encode(*args, **kwargs)
+
+
+def test_resume_after_interruption_gives_identical_results(tmp_path, runner):
+    whole = config(tmp_path / "a")
+    run_analysis(whole, runner=runner, progress=False)
+    interrupted = config(tmp_path / "b")
+    with pytest.raises(Crash):
+        run_analysis(interrupted, runner=CrashingRunner(runner, crash_at=4), progress=False)
+    partial = read_rows(Path(interrupted.output) / "results.jsonl")
+    assert len({r["item_id"] for r in partial}) == 3  # three complete images survived
+    # a torn half-written line is dropped too
+    with open(Path(interrupted.output) / "results.jsonl", "a") as f:
+        f.write('{"item_id": "scene-compl')
+    run_analysis(interrupted, runner=runner, progress=False)
+    assert strip(read_rows(Path(interrupted.output) / "results.jsonl")) == strip(
+        read_rows(Path(whole.output) / "results.jsonl")
+    )
+
+
+def test_two_process_sharding_equals_single_process(tmp_path, runner):
+    folder = tmp_path / "model"
+    tokenizer = build_tokenizer()
+    build_model(tokenizer).save_pretrained(folder)
+    build_processor(tokenizer).save_pretrained(folder)
+    raw = {
+        "model": str(folder), "output": str(tmp_path / "sharded"),
+        "source": {"kind": "scenes", "per_complexity": 2, "levels": ["simple", "complex"]},
+        "methods": ["attention", "adaptive"], "budgets": [4], "tasks": ["caption"], "max_new_tokens": 3,
+        "device": "cpu",
+    }  # fmt: skip
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def launch(output, rank, world):
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.analyze", str(path), "--quiet", "--output", str(output)],
+            cwd=ROOT,
+            env={**env, "RANK": str(rank), "WORLD_SIZE": str(world)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    procs = [launch(tmp_path / "sharded", r, 2) for r in range(2)] + [launch(tmp_path / "single", 0, 1)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert (tmp_path / "sharded" / "results.rank1-of-2.jsonl").exists()
+    sharded = read_rows(tmp_path / "sharded" / "results.jsonl")
+    assert len({r["item_id"] for r in sharded}) == 4
+    assert strip(sharded) == strip(read_rows(tmp_path / "single" / "results.jsonl"))
+
+
+# -- sources and bad input -----------------------------------------------------------------------
+
+
+def write_coco(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(images / f"{i}.jpg")
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    ann = {
+        "images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(3)]
+        + [{"id": 9, "file_name": "broken.jpg"}, {"file_name": "no-id.jpg"}],
+        "annotations": [
+            {"image_id": 0, "category_id": 18},
+            {"image_id": 1, "category_id": 1},
+            {"image_id": 1, "category_id": 18},
+            {"image_id": 5, "category_id": 999},
+        ],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    return images, tmp_path / "instances.json"
+
+
+def test_coco_source_reports_bad_entries(tmp_path):
+    images, ann = write_coco(tmp_path)
+    problems: list[Problem] = []
+    items = list(coco_items(images=str(images), annotations=str(ann), n_images=500, seed=0, problems=problems))
+    assert len(items) == 4
+    truth = {i.item_id: i.truth for i in items}
+    assert truth["coco-1"] == ("dog", "person") and truth["coco-2"] == ()
+    assert any("images[4]" in p.where for p in problems)
+    assert any("annotations[3]" in p.where for p in problems)
+    with pytest.raises(ValueError, match="not a COCO instances file"):
+        bad = tmp_path / "bad.json"
+        bad.write_text("[]")
+        list(coco_items(images=str(images), annotations=str(bad), n_images=5, seed=0, problems=[]))
+    with pytest.raises(ValueError, match="line 1: not valid JSON"):
+        bad.write_text("{oops")
+        list(coco_items(images=str(images), annotations=str(bad), n_images=5, seed=0, problems=[]))
+
+
+def test_coco_run_skips_unreadable_images(tmp_path, runner):
+    images, ann = write_coco(tmp_path)
+    cfg = config(tmp_path, source={"kind": "coco", "images": str(images), "annotations": str(ann)}, tasks=["caption"])
+    result = run_analysis(cfg, runner=runner, progress=False)
+    assert result["skipped"] >= 1
+    assert any("broken" in p.where or "coco-9" in p.where for p in result["problems"])
+    assert len({r["item_id"] for r in read_rows(Path(cfg.output) / "results.jsonl")}) == 3
+
+
+def test_pope_source_reports_bad_lines(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    lines = [
+        json.dumps({"image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"}),
+        "not json",
+        json.dumps({"image": "a.jpg", "text": "Is there a cat?", "label": "maybe"}),
+        json.dumps({"image": "a.jpg", "label": "no"}),
+        json.dumps({"image": "b.jpg", "text": "Is there a car?", "label": "no", "category": "adversarial"}),
+    ]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines))
+    problems: list[Problem] = []
+    items = list(pope_items(questions=str(tmp_path / "q.jsonl"), images=str(tmp_path), problems=problems))
+    assert [len(i.queries) for i in items] == [1, 1]
+    assert [p.where.rsplit(":", 1)[1] for p in problems] == ["2", "3", "4"]
+    assert items[1].queries[0].kind == "adversarial"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": ["nope"]}, "unknown pruning method"),
+        ({"methods": [{"method": "adaptive", "params": {"tau_max": -1}}]}, "tau_max must be a positive"),
+        ({"methods": [{"method": "adaptive", "params": {"tau": 1}}]}, "no parameter"),
+        ({"methods": ["attention", "attention"]}, "unique"),
+        ({"budgets": [0]}, "positive ints"),
+        ({"tasks": ["dance"]}, "tasks must be"),
+        ({"source": {"kind": "flickr"}}, "source.kind"),
+        ({"source": {"kind": "coco", "images": "/nope", "annotations": "/nope"}}, "does not exist"),
+        ({"source": {"kind": "scenes", "per_complexity": 2, "levels": ["easy"]}}, "levels"),
+        ({"colour": "blue"}, "unknown key"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_bad_config_fails_before_any_work(tmp_path, change, message):
+    raw = {
+        "model": "tiny",
+        "output": str(tmp_path / "o"),
+        "source": {"kind": "scenes", "per_complexity": 1},
+        "methods": ["attention"],
+        "budgets": [4],
+        **change,
+    }
+    with pytest.raises(ValueError, match=message):
+        parse_config(raw)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    assert main([str(path)]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_folder_with_another_config_is_refused(tmp_path, runner):
+    run_analysis(config(tmp_path, tasks=["exists"], budgets=[3]), runner=runner, progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        run_analysis(config(tmp_path, tasks=["exists"], budgets=[5]), runner=runner, progress=False)

@@ -1,0 +1,124 @@
+"""End to end in a real headless Chromium: launch ``app.py``, compare, move the budget.
+
+Needs the distro's Chromium (/usr/bin/chromium) and the ``playwright`` package (no browser download):
+``.ci/run`` installs both. The app runs on a tiny random LLaVA saved to a temporary folder, so the
+test exercises the real launch path (``python app.py --model FOLDER``) without the embedded model.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_llava import build_model, build_processor, build_tokenizer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Chromium is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    tokenizer = build_tokenizer()
+    build_model(tokenizer).save_pretrained(folder)
+    build_processor(tokenizer).save_pretrained(folder)
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    log = open(folder / "app.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--model", str(folder), "--max-new-tokens", "6"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited early:\n{(folder / 'app.log').read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("app.py did not start listening within 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_compare_in_the_browser(app_url, tmp_path):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        page.goto(app_url)
+        page.wait_for_selector("#run", timeout=60_000)
+        page.locator("[data-testid='dataset-cell-2-0']").click()  # the most complex example
+        for method in ("attention", "diversity", "adaptive"):
+            page.wait_for_selector(f"#overlay-{method} img", timeout=60_000)
+        page.wait_for_selector("#heatmap .js-plotly-plot", timeout=60_000)
+        page.wait_for_selector("#complexity-plot .js-plotly-plot", timeout=60_000)
+        assert "Image complexity" in page.inner_text("#complexity")
+        before = page.get_attribute("#overlay-adaptive img", "src")
+        stats_before = page.inner_text("#stats-attention")
+
+        page.locator("#run").click()
+        page.wait_for_function(
+            "() => document.querySelector('#answer-attention') && "
+            "document.querySelector('#answer-attention').innerText.trim().length > 0",
+            timeout=90_000,
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#answer-full').innerText.trim().length > 0", timeout=30_000
+        )
+
+        number = page.locator("#budget input[type='number']")
+        number.fill("12")
+        number.press("Enter")
+        page.wait_for_function(
+            "(old) => { const img = document.querySelector('#overlay-adaptive img'); return img && img.src !== old; }",
+            arg=before,
+            timeout=60_000,
+        )
+        assert page.inner_text("#stats-attention") != stats_before
+        assert "**" not in page.inner_text("#stats-attention")  # markdown rendered, not raw
+        shot = Path(os.environ.get("PRUNELENS_SCREENSHOT_DIR", tmp_path)) / "prunelens-e2e.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        browser.close()

@@ -17,7 +17,7 @@ from .metrics import erank_from_centered_gram
 
 __all__ = ["centered_gram", "cosine_matrix", "erank_from_gram", "gram", "image_erank", "row_norms"]
 
-_CPU_GRAM_BLOCKS = 2  # upper-triangle blocks on CPU: 3/4 of the multiply-adds of a full product
+_CPU_GRAM_BLOCKS = 4  # upper-triangle blocks on CPU: 5/8 of the multiply-adds of a full product
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,8 @@ def gram(x: torch.Tensor) -> torch.Tensor:
         x: (n, d), any float dtype.
     Returns:
         (n, n) float32. On CPU only the upper block triangle is multiplied and mirrored, which is
-        about 20% faster than a full product at n = 576, d = 4096 and gives the same values.
+        about 20% faster than one full product at n = 576, d = 4096, with the same values (MKL
+        accumulates each inner product the same way whatever the block).
     """
     x = x.float()
     n = x.shape[0]

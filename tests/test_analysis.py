@@ -285,3 +285,11 @@ def test_output_folder_with_another_config_is_refused(tmp_path, runner):
     run_analysis(config(tmp_path, tasks=["exists"], budgets=[3]), runner=runner, progress=False)
     with pytest.raises(ValueError, match="different config"):
         run_analysis(config(tmp_path, tasks=["exists"], budgets=[5]), runner=runner, progress=False)
+
+
+@pytest.mark.parametrize("name", ["scenes.toml", "hybrid-study.toml"])
+def test_shipped_configs_are_valid(name):
+    from app.analysis.config import load_config
+
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.source["kind"] == "scenes" and cfg.methods

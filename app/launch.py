@@ -16,12 +16,14 @@ from .compare import ComparePipeline, Example
 from .objects import COCO_VOCABULARY, SCENE_VOCABULARY
 from .runtime import load_runner
 
-__all__ = ["EMBEDDED_MODEL", "create_demo", "main", "scene_examples"]
+__all__ = ["EMBEDDED_MODEL", "create_demo", "launch", "main", "parse_args", "photo_examples", "scene_examples"]
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = ROOT / "assets" / "models" / "prunelens-tiny-llava"
 MAX_UPLOAD = "20mb"
 SCENE_EXAMPLES = (("text", 3), ("simple", 11), ("medium", 5), ("complex", 7), ("complex", 19))
+# Real photos that ship inside the gradio package we depend on (gradio.media; Apache-2.0 package).
+PHOTO_EXAMPLES = ("cheetah.jpg", "lion.jpg", "cheetah1.jpg", "tower.jpg")
 
 
 def scene_examples() -> list[Example]:
@@ -35,6 +37,22 @@ def scene_examples() -> list[Example]:
         prompt = "What word is written in the image?" if scene.text and not scene.objects else "Describe the image."
         note = f"built-in scene, {complexity}, seed {seed}: {len(scene.objects)} object(s)"
         out.append(Example(f"{complexity} #{seed}", scene.image, truth=shapes, note=note, prompt=prompt))
+    return out
+
+
+def photo_examples() -> list[Example]:
+    """A few real photos shipped with gradio (no ground truth: type it, or compare with the full model)."""
+    from gradio.media import get_image
+    from PIL import Image
+
+    out = []
+    for name in PHOTO_EXAMPLES:
+        try:
+            image = Image.open(get_image(name)).convert("RGB")
+        except (OSError, ValueError):
+            continue  # a gradio release without this asset: the gallery just has one photo fewer
+        note = f"photo {name} shipped with gradio {__import__('gradio').__version__} (Apache-2.0 package)"
+        out.append(Example(f"photo {name}", image, truth=None, note=note, prompt="Describe this image in detail."))
     return out
 
 
@@ -58,13 +76,14 @@ def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_
     pipeline = ComparePipeline(
         runner,
         vocabulary=SCENE_VOCABULARY if embedded else COCO_VOCABULARY,
-        examples=scene_examples(),
+        examples=scene_examples() + photo_examples(),
         max_new_tokens=max_new_tokens,
     )
     return build_demo(pipeline)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The launch options; unknown arguments (e.g. a hosting tool's own) are ignored."""
     parser = argparse.ArgumentParser(description="PruneLens: compare visual-token pruning methods in the browser.")
     parser.add_argument(
         "--model",
@@ -75,8 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--concurrency", type=int, default=1, help="model requests run at once")
-    args = parser.parse_args(argv)
-    demo = create_demo(args.model, args.device, args.max_new_tokens)
+    return parser.parse_known_args(argv)[0]
+
+
+def launch(demo, args: argparse.Namespace) -> None:
+    """Serve ``demo``: a bounded queue, model work one request at a time, uploads size-limited.
+
+    Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (gradio reads them itself).
+    """
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64).launch(
         share=args.share, max_file_size=MAX_UPLOAD, show_error=False
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    launch(create_demo(args.model, args.device, args.max_new_tokens), args)

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(EMBEDDED_MODEL))
     parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--budget", type=int, default=64, help="visual tokens kept per method")
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 32:
         raise SystemExit("--users must be between 1 and 32")
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
                 handle_file(str(images[i])),
                 "Describe the image.",
                 "attention,diversity,adaptive",
-                64,
+                args.budget,
                 "",
                 api_name="/compare",
             )

@@ -13,6 +13,10 @@ Complexity levels (``vocabulary.COMPLEXITIES``) reproduce the paper's simple/com
 * ``medium``: three to five medium objects on a plain or lightly textured background;
 * ``complex``: six to twelve small objects on a textured, cluttered background (evidence spread).
 
+Objects are upright icons (tilted by at most 15 degrees), filled with their colour and, except
+circles, a screen-aligned texture in a darker shade of it that is specific to the shape
+(``shape_pattern``): every patch of an object thus shows its category locally.
+
 Overlap limit (checked by the tests): object bounding boxes never intersect, and any two are at
 least ``MIN_GAP`` pixels apart. Backgrounds and clutter are grey (no channel spread above 12 and
 value below 130) so they never carry an attribute colour.
@@ -36,7 +40,23 @@ from scenes.vocabulary import (
     WORDS,
 )
 
-__all__ = ["MIN_GAP", "TEXT_ID", "Scene", "SceneObject", "generate_scene", "shape_polygon"]
+__all__ = [
+    "MIN_GAP",
+    "PATTERN_SHADE",
+    "TEXT_ID",
+    "Scene",
+    "SceneObject",
+    "generate_scene",
+    "pattern_color",
+    "shape_pattern",
+    "shape_polygon",
+]
+
+PATTERN_PERIOD = 7
+"""Period in pixels of the shape textures (divides the 14 px patch)."""
+
+PATTERN_SHADE = 0.55
+"""Brightness factor of an object's surface pattern relative to its colour."""
 
 MIN_GAP = 6
 """Minimum distance in pixels between the bounding boxes of any two objects (no overlap at all)."""
@@ -49,6 +69,9 @@ _OBJECT_SIZE = {"simple": "large", "medium": "medium", "complex": "small"}
 _REPEAT_SHAPE_PROB = 0.35  # chance an object copies an earlier object's shape (makes counts > 1 common)
 _MAX_TILT = 0.26  # radians (about 15 degrees): shapes are upright icons with a small random tilt
 _MAX_PLACEMENT_TRIES = 400
+_WORD_SCALES = (3.0, 2.6, 2.2, 1.8, 1.5)  # font scales tried, largest first
+_WORD_SNAP = 14  # word positions are multiples of the patch size
+_WORD_MARGIN = 8
 
 
 @dataclass(frozen=True)
@@ -158,6 +181,36 @@ def shape_polygon(shape: str, center: tuple[float, float], radius: float, angle:
     return np.round(pts).astype(np.int32)
 
 
+def pattern_color(color: str) -> tuple[int, int, int]:
+    """The darker shade of ``color`` used for its object's surface pattern."""
+    return tuple(round(v * PATTERN_SHADE) for v in COLORS[color])
+
+
+def shape_pattern(shape: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Which pixels of an object carry its shape's surface pattern (bool, same shape as ``xs``).
+
+    ``xs``, ``ys`` are absolute pixel coordinates. Every shape has its own screen-aligned texture of
+    period ``PATTERN_PERIOD`` (circles are plain); the period divides the 14 px patch, so every patch
+    of an object sees its texture in the same phase. Each patch of an object thus shows its category
+    locally, the way patch features of a well-pretrained CLIP carry object identity, and a small
+    tower trained on a CPU budget can learn it as quickly as colour.
+    """
+    p = PATTERN_PERIOD
+    patterns = {
+        "circle": lambda: np.zeros(xs.shape, dtype=bool),
+        "square": lambda: ys % p < 2,  # horizontal stripes
+        "triangle": lambda: xs % p < 2,  # vertical stripes
+        "star": lambda: (xs % p < 3) & (ys % p < 3),  # dots
+        "heart": lambda: (xs + ys) % p < 2,  # diagonal stripes
+        "diamond": lambda: (xs // p + ys // p) % 2 == 0,  # checkerboard
+        "moon": lambda: (xs - ys) % p < 2,  # anti-diagonal stripes
+        "arrow": lambda: (xs % p < 2) | (ys % p < 2),  # grid
+    }
+    if shape not in patterns:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    return patterns[shape]()
+
+
 def _background(rng: np.random.Generator, textured: bool, cluttered: bool) -> np.ndarray:
     """A grey (H, W, 3) uint8 background: plain, or low-frequency noise plus optional grey clutter."""
     base = float(rng.uniform(30, 75))
@@ -229,17 +282,24 @@ def _gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
 def _draw_word(
     rng: np.random.Generator, image: np.ndarray, label_map: np.ndarray
 ) -> tuple[str, str, tuple[int, int, int, int]]:
-    """Draw one large word in place; returns (word, colour name, pixel bbox)."""
+    """Draw one large word in place; returns (word, colour name, pixel bbox).
+
+    The word is set in one of two Hershey fonts at the largest of a few fixed sizes that fits, at a
+    position snapped to the 14 px patch grid: each word has only a few looks, patch for patch, so a
+    small tower learns to read it within the CPU budget.
+    """
     word = WORDS[int(rng.integers(len(WORDS)))]
     color = list(COLORS)[int(rng.integers(len(COLORS)))]
     font = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX)[int(rng.integers(2))]
-    target_width = float(rng.uniform(150, 290))
-    thickness = int(rng.integers(6, 10))
-    (w1, _h1), _ = cv2.getTextSize(word, font, 1.0, thickness)
-    scale = min(target_width / max(w1, 1), 4.2)
-    (w, h), base = cv2.getTextSize(word, font, scale, thickness)
-    x = int(rng.integers(8, max(9, IMAGE_SIZE - w - 8)))
-    y = int(rng.integers(h + 8, max(h + 9, IMAGE_SIZE - base - 8)))
+    thickness = 7
+    for scale in _WORD_SCALES:
+        (w, h), base = cv2.getTextSize(word, font, scale, thickness)
+        if w <= IMAGE_SIZE - 2 * _WORD_MARGIN:
+            break
+    cells_x = (IMAGE_SIZE - w - 2 * _WORD_MARGIN) // _WORD_SNAP
+    cells_y = (IMAGE_SIZE - h - base - 2 * _WORD_MARGIN) // _WORD_SNAP
+    x = _WORD_MARGIN + _WORD_SNAP * int(rng.integers(0, max(cells_x, 0) + 1))
+    y = _WORD_MARGIN + h + _WORD_SNAP * int(rng.integers(0, max(cells_y, 0) + 1))
     mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     cv2.putText(mask, word, (x, y), font, scale, 255, thickness, cv2.LINE_8)
     image[mask > 0] = COLORS[color]
@@ -279,9 +339,11 @@ def generate_scene(seed: int, complexity: str | None = None) -> Scene:
 
     objects = []
     for index, (shape, color, size, radius, _angle, poly) in enumerate(_place_objects(rng, level)):
-        cv2.fillPoly(image, [poly], COLORS[color], lineType=cv2.LINE_8)
         cv2.fillPoly(label_map, [poly], index + 1, lineType=cv2.LINE_8)
         ys, xs = np.nonzero(label_map == index + 1)
+        marked = shape_pattern(shape, xs, ys)
+        image[ys, xs] = COLORS[color]
+        image[ys[marked], xs[marked]] = pattern_color(color)
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         center = ((bbox[0] + bbox[2]) // 2, (bbox[1] + bbox[3]) // 2)
         objects.append(SceneObject(shape, color, size, center, bbox, radius))

@@ -84,10 +84,10 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
-    vision_steps: int = 1500
+    vision_steps: int = 1600
     vision_batch: int = 16
     vision_lr: float = 1.5e-3
-    text_steps: int = 2600
+    text_steps: int = 3600
     text_batch: int = 8
     text_lr: float = 1e-3
     max_samples: int = 8

@@ -53,7 +53,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert not part["done"]  # stopped inside stage 2
     rest = train(cfg, tmp_path / "b", tmp_path / "run_b", progress=False, resume=True)
     assert rest["done"]
-    assert [r["loss"] for r in rest["history"]] == pytest.approx([r["loss"] for r in full["history"]], rel=1e-5)
+    expected = [r["loss"] for r in full["history"]]
+    assert [r["loss"] for r in rest["history"]] == pytest.approx(expected, rel=1e-5)
     a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
     b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
     for name, tensor in a.items():
@@ -76,7 +77,8 @@ def test_packed_training_equals_single_turn_chat():
     scene = training_scene(5)
     samples = make_samples(scene, np.random.default_rng(0))[:4]
     batch = pack_sequences(tokenizer, [samples], 576)
-    feats = model.model.vision_tower(pixel_tensor([scene]), output_hidden_states=True).hidden_states[-2][:, 1:]
+    tower = model.model.vision_tower(pixel_tensor([scene]), output_hidden_states=True)
+    feats = tower.hidden_states[-2][:, 1:]  # (1, N, C)
     embeds = model.get_input_embeddings()(batch.input_ids)
     image_mask = (batch.input_ids == model.config.image_token_id)[..., None]
     embeds = embeds.masked_scatter(image_mask, model.model.multi_modal_projector(feats))
@@ -90,7 +92,8 @@ def test_packed_training_equals_single_turn_chat():
     for s in samples:
         user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt}]}
         reply = {"role": "assistant", "content": [{"type": "text", "text": s.answer}]}
-        enc = processor(images=scene.image, text=processor.apply_chat_template([user, reply]), return_tensors="pt")
+        full_text = processor.apply_chat_template([user, reply])
+        enc = processor(images=scene.image, text=full_text, return_tensors="pt")
         assert torch.equal(enc["pixel_values"], pixel_tensor([scene]))
         prompt = processor.apply_chat_template([user], add_generation_prompt=True)
         start = len(processor(images=scene.image, text=prompt)["input_ids"][0])

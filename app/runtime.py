@@ -522,16 +522,17 @@ class Runner:
         Greedy by default; ``do_sample=True`` with optional ``temperature``, ``top_p``, ``top_k``
         and ``seed`` samples. ``selection=None`` feeds all N tokens (the unpruned model).
         """
-        options = GenerationOptions(
+        return self.generate_many(
+            encoding,
+            prompt,
+            [selection],
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
             seed=seed,
-        )
-        rows = [self._prepare_row(encoding, prompt, selection, options)]
-        return self._run(encoding, rows, options)[0]
+        )[0]
 
     def generate_many(
         self,

@@ -92,46 +92,25 @@ def write_reports(output: Path, config: AnalysisConfig) -> str:
             [[lab, *[_fmt((get(lab, b) or {}).get("kept_erank")) for b in budgets]] for lab in labels[1:]],
         )
     )
+
+    def per_budget(section: str, fields: Sequence[tuple[str, bool]]) -> list[list[Any]]:
+        out = []
+        for lab in labels:
+            for b in [None] if lab == "full" else budgets:
+                a = get(lab, b)
+                if a is not None and a[section]["n"]:
+                    out.append([lab, "all" if b is None else b, *[_fmt(a[section][f], pct) for f, pct in fields]])
+        return out
+
     md += ["", "## Hallucination (Table 2): CHAIR_s / CHAIR_i / recall (%), mean length", ""]
-    rows_t2 = []
-    for lab in labels:
-        for b in [None] if lab == "full" else budgets:
-            a = get(lab, b)
-            if a is None or a["chair"]["n"] == 0:
-                continue
-            c = a["chair"]
-            rows_t2.append(
-                [
-                    lab,
-                    "all" if b is None else b,
-                    _fmt(c["chair_s"], True),
-                    _fmt(c["chair_i"], True),
-                    _fmt(c["recall"], True),
-                    _fmt(c["length"]),
-                ]
-            )
+    rows_t2 = per_budget("chair", [("chair_s", True), ("chair_i", True), ("recall", True), ("length", False)])
     md.append(
         _table(["method", "K", "CHAIR_s", "CHAIR_i", "recall", "length"], rows_t2)
         if rows_t2
         else "No caption task in this run."
     )
     md += ["", "## POPE / existence: accuracy / F1 / yes-ratio (%)", ""]
-    rows_pope = []
-    for lab in labels:
-        for b in [None] if lab == "full" else budgets:
-            a = get(lab, b)
-            if a is None or a["pope"]["n"] == 0:
-                continue
-            p = a["pope"]
-            rows_pope.append(
-                [
-                    lab,
-                    "all" if b is None else b,
-                    _fmt(p["accuracy"], True),
-                    _fmt(p["f1"], True),
-                    _fmt(p["yes_ratio"], True),
-                ]
-            )
+    rows_pope = per_budget("pope", [("accuracy", True), ("f1", True), ("yes_ratio", True)])
     md.append(
         _table(["method", "K", "accuracy", "F1", "yes-ratio"], rows_pope)
         if rows_pope

@@ -109,10 +109,11 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                 with gr.Accordion("Method parameters", open=False):
                     param_boxes = []
                     for slot in h.slots:
+                        shown = slot.method in info["default_methods"]
                         if isinstance(slot.default, bool):
-                            param_boxes.append(gr.Checkbox(value=slot.default, label=slot.label))
+                            param_boxes.append(gr.Checkbox(value=slot.default, label=slot.label, visible=shown))
                         else:
-                            param_boxes.append(gr.Number(value=slot.default, label=slot.label))
+                            param_boxes.append(gr.Number(value=slot.default, label=slot.label, visible=shown))
                 run = gr.Button("Compare answers", variant="primary", elem_id="run")
                 if examples:
                     gr.Examples(examples=examples, inputs=[image, prompt], label="Examples (simple → complex)")
@@ -223,10 +224,15 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                 ]
             return out
 
+        def on_methods(chosen_methods):
+            """Show only the parameters of the chosen methods (the others keep their values)."""
+            return [gr.update(visible=slot.method in (chosen_methods or [])) for slot in h.slots]
+
         def on_step(k, m, k_budget, s, *pvals):
             return h.step(k, m, k_budget, s, list(pvals)) if k else (None, "Load an image first.")
 
         view_inputs = [key, chosen, budget, colour_by, *params_in]
+        chosen.change(on_methods, [chosen], param_boxes, api_visibility="private", queue=False)
         load_event = image.change(
             _guard(on_load),
             [image],

@@ -84,10 +84,7 @@ class Answer:
 
 def eval_scenes(n: int, start: int = 0) -> list[Scene]:
     """Held-out scenes ``start .. start + n - 1``: seed ``EVAL_SEED_BASE + i``, complexity cycling."""
-    return [
-        generate_scene(EVAL_SEED_BASE + i, COMPLEXITIES[i % len(COMPLEXITIES)])
-        for i in range(start, start + n)
-    ]
+    return [generate_scene(EVAL_SEED_BASE + i, COMPLEXITIES[i % len(COMPLEXITIES)]) for i in range(start, start + n)]
 
 
 def eval_samples(scene: Scene) -> list[Sample]:
@@ -221,9 +218,7 @@ def report(answers: Sequence[Answer], scenes: Sequence[Scene]) -> dict[str, dict
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point: evaluate a saved model on held-out scenes at full tokens."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("assets/models/prunelens-tiny-llava"))
     parser.add_argument("--n", type=int, default=500, help="held-out scenes (balanced over complexity)")
     parser.add_argument("--threads", type=int, default=None)
@@ -244,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"{name:<26}" + "".join(f"{result[lv].get(name, float('nan')):>10.3f}" for lv in levels))
     print(f"{len(scenes)} scenes, {len(answers)} answers, {time.time() - started:.0f} s")
     if args.json is not None:
-        args.json.write_text(
-            json.dumps({"metrics": result, "answers": [asdict(a) for a in answers]}, indent=1)
-        )
+        args.json.write_text(json.dumps({"metrics": result, "answers": [asdict(a) for a in answers]}, indent=1))
     return result
 
 

@@ -45,9 +45,7 @@ def export_scenes(scenes: Sequence[Scene], out: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--split", choices=("train", "eval"), default="train")

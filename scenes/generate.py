@@ -13,8 +13,8 @@ Complexity levels (``vocabulary.COMPLEXITIES``) reproduce the paper's simple/com
 * ``medium``: three to five medium objects on a plain or lightly textured background;
 * ``complex``: six to twelve small objects on a textured, cluttered background (evidence spread).
 
-Objects are upright icons (tilted by at most 15 degrees), filled with their colour and, except
-circles, a screen-aligned texture in a darker shade of it that is specific to the shape
+Objects are upright icons (tilted by at most 15 degrees), filled with their colour and a
+screen-aligned texture in a darker shade of it that is specific to the shape
 (``shape_pattern``): every patch of an object thus shows its category locally.
 
 Overlap limit (checked by the tests): object bounding boxes never intersect, and any two are at
@@ -171,9 +171,7 @@ def shape_polygon(shape: str, center: tuple[float, float], radius: float, angle:
         unit = np.stack([x, y + 2.5], axis=1)
         unit = unit / np.linalg.norm(unit, axis=1).max()
     elif shape == "arrow":
-        unit = np.array(
-            [[-1.0, -0.3], [0.15, -0.3], [0.15, -0.7], [1.0, 0.0], [0.15, 0.7], [0.15, 0.3], [-1.0, 0.3]]
-        )
+        unit = np.array([[-1.0, -0.3], [0.15, -0.3], [0.15, -0.7], [1.0, 0.0], [0.15, 0.7], [0.15, 0.3], [-1.0, 0.3]])
     else:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -190,14 +188,14 @@ def shape_pattern(shape: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Which pixels of an object carry its shape's surface pattern (bool, same shape as ``xs``).
 
     ``xs``, ``ys`` are absolute pixel coordinates. Every shape has its own screen-aligned texture of
-    period ``PATTERN_PERIOD`` (circles are plain); the period divides the 14 px patch, so every patch
+    period ``PATTERN_PERIOD`` (words stay plain); the period divides the 14 px patch, so every patch
     of an object sees its texture in the same phase. Each patch of an object thus shows its category
     locally, the way patch features of a well-pretrained CLIP carry object identity, and a small
     tower trained on a CPU budget can learn it as quickly as colour.
     """
     p = PATTERN_PERIOD
     patterns = {
-        "circle": lambda: np.zeros(xs.shape, dtype=bool),
+        "circle": lambda: ((xs + ys) % p < 2) | ((xs - ys) % p < 2),  # diagonal grid
         "square": lambda: ys % p < 2,  # horizontal stripes
         "triangle": lambda: xs % p < 2,  # vertical stripes
         "star": lambda: (xs % p < 3) & (ys % p < 3),  # dots
@@ -234,9 +232,7 @@ def _background(rng: np.random.Generator, textured: bool, cluttered: bool) -> np
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def _place_objects(
-    rng: np.random.Generator, complexity: str
-) -> list[tuple[str, str, str, int, float, np.ndarray]]:
+def _place_objects(rng: np.random.Generator, complexity: str) -> list[tuple[str, str, str, int, float, np.ndarray]]:
     """Sample non-overlapping (shape, colour, size, radius, angle, polygon) tuples for a level."""
     lo, hi = _OBJECT_COUNTS[complexity]
     n = int(rng.integers(lo, hi + 1))

@@ -193,15 +193,16 @@ def yes_no_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float
 
 
 def make_samples(scene: Scene, rng: np.random.Generator) -> list[Sample]:
-    """Every kind of task instance for ``scene``: the caption, existence (positives and one negative
-    of each applicable type), colour, counting and word reading. Random choices use ``rng`` only."""
+    """Every kind of task instance for ``scene``: the caption, existence (four positives and one
+    negative of each applicable type), colour, counting and word reading. Random choices use ``rng``
+    only."""
     samples = [Sample("caption", CAPTION_PROMPT, caption(scene))]
     present = [o.shape for o in scene.objects]
     present_set = set(present)
     absent = [s for s in SHAPES if s not in present_set]
     colors_of = {s: {o.color for o in scene.objects if o.shape == s} for s in present_set}
 
-    if scene.objects:
+    for _ in range(2 if scene.objects else 0):  # as many positives as POPE-style negatives
         obj = scene.objects[int(rng.integers(len(scene.objects)))]
         samples.append(Sample("exists", existence_prompt(obj.shape), "Yes", "positive"))
         obj = scene.objects[int(rng.integers(len(scene.objects)))]

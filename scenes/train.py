@@ -24,6 +24,7 @@ Examples::
     python -m scenes.train                       # the full recipe (about 2 h on 2 CPU cores)
     python -m scenes.train --resume              # continue an interrupted run
     python -m scenes.train --smoke --out /tmp/m  # a tiny model, a few steps per stage
+    python -m scenes.train --steps 300 --out /tmp/m --run-dir /tmp/r  # a short pilot of the recipe
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
-    vision_steps: int = 1600
+    vision_steps: int = 1500
     vision_batch: int = 16
     vision_lr: float = 1.5e-3
-    text_steps: int = 3600
+    text_steps: int = 3300
     text_batch: int = 8
     text_lr: float = 1e-3
     max_samples: int = 8
@@ -128,9 +129,7 @@ class VisionHeads(nn.Module):
         self.word = nn.Linear(width, 1 + len(WORDS))
         self.patch = nn.Linear(width, (1 + len(SHAPES)) + (1 + len(COLORS)) + (1 + len(WORDS)))
 
-    def loss(
-        self, feature: torch.Tensor, pooled: torch.Tensor, batch: VisionBatch
-    ) -> dict[str, torch.Tensor]:
+    def loss(self, feature: torch.Tensor, pooled: torch.Tensor, batch: VisionBatch) -> dict[str, torch.Tensor]:
         """Losses from feature-layer states (B, 1 + N, C) and the pooled last-layer [CLS] (B, C)."""
         cls, patches = feature[:, 0], feature[:, 1:]  # (B, C), (B, N, C)
         n_shape, n_color = 1 + len(SHAPES), 1 + len(COLORS)
@@ -283,9 +282,7 @@ def train(
         opt_state = None
         bar = tqdm(range(state["step"], cfg.vision_steps), desc="stage 1 vision", disable=not progress)
         for step in bar:
-            seeds = range(
-                STAGE1_SEED_BASE + step * cfg.vision_batch, STAGE1_SEED_BASE + (step + 1) * cfg.vision_batch
-            )
+            seeds = range(STAGE1_SEED_BASE + step * cfg.vision_batch, STAGE1_SEED_BASE + (step + 1) * cfg.vision_batch)
             batch = vision_batch([training_scene(s) for s in seeds])
             for group in optimizer.param_groups:
                 group["lr"] = cfg.vision_lr * _lr_factor(step, cfg.vision_steps, cfg.warmup)
@@ -296,9 +293,7 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            record = {"stage": 1, "step": step, "loss": loss.item()} | {
-                k: v.item() for k, v in losses.items()
-            }
+            record = {"stage": 1, "step": step, "loss": loss.item()} | {k: v.item() for k, v in losses.items()}
             state["history"].append(record)
             state["step"] = step + 1
             bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -319,9 +314,7 @@ def train(
     model.model.language_model.train()
     bar = tqdm(range(state["step"], cfg.text_steps), desc="stage 2 text", disable=not progress)
     for step in bar:
-        seeds = range(
-            STAGE2_SEED_BASE + step * cfg.text_batch, STAGE2_SEED_BASE + (step + 1) * cfg.text_batch
-        )
+        seeds = range(STAGE2_SEED_BASE + step * cfg.text_batch, STAGE2_SEED_BASE + (step + 1) * cfg.text_batch)
         scenes = [training_scene(s) for s in seeds]
         with torch.no_grad():
             feature, _ = _feature_states(model, pixel_tensor(scenes))  # (B, 1 + N, C)
@@ -376,13 +369,12 @@ def train(
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("assets/models") / DEFAULT_NAME)
     parser.add_argument("--run-dir", type=Path, default=Path("runs") / DEFAULT_NAME)
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir/checkpoint.pt")
     parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps per stage")
+    parser.add_argument("--steps", type=int, default=None, help="steps of each stage (a short run)")
     parser.add_argument("--vision-steps", type=int, default=None)
     parser.add_argument("--text-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -392,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else TrainConfig()
+    if args.steps is not None:
+        cfg = replace(cfg, vision_steps=args.steps, text_steps=args.steps)
     if args.vision_steps is not None:
         cfg = replace(cfg, vision_steps=args.vision_steps)
     if args.text_steps is not None:

@@ -257,13 +257,13 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             api_visibility="private",
             trigger_mode="always_last",
         )
-        budget.change(
-            lambda b: f"Retention: {float(b) / info['n_tokens']:.1%}",
-            [budget],
-            [retention],
-            api_visibility="private",
-            queue=False,
-        )
+
+        def on_budget(b):
+            """Retention line, and the preset radio follows the slider (cleared off the presets)."""
+            k = int(float(b))
+            return f"Retention: {k / info['n_tokens']:.1%}", str(k) if k in presets else None
+
+        budget.change(on_budget, [budget], [retention, budget_preset], api_visibility="private", queue=False)
         budget_preset.input(lambda p: int(p), [budget_preset], [budget], api_visibility="private", queue=False)
         preset.input(lambda p: p or gr.skip(), [preset], [prompt], api_visibility="private", queue=False)
         run.click(_guard(on_view), view_inputs, view_outputs, api_visibility="private").then(

@@ -128,7 +128,7 @@ def tau_schedule_figure(
         )
     )
     fig.add_hline(y=tau_max, line_dash="dot", annotation_text=f"τ_max = {tau_max:g}")
-    title = "Adaptive suppression radius per pick"
+    title = "τ per pick"
     if image_erank is not None:
         title += f" (image erank {image_erank:.1f})"
     fig.update_layout(title=title, xaxis_title="pick", yaxis_title="τ (cosine distance)", **_LAYOUT)
@@ -153,7 +153,7 @@ def complexity_figure(
             mode="markers+text",
             marker=dict(size=16, color="#000000", symbol="diamond"),
             text=[f"this image: erank {image_erank:.1f}, entropy {entropy:.2f} nats"],
-            textposition="bottom center",
+            textposition="middle right" if image_erank < (lo + hi) / 2 else "middle left",
             showlegend=False,
         )
     )

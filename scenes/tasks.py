@@ -221,8 +221,9 @@ def make_samples(scene: Scene, rng: np.random.Generator) -> list[Sample]:
     if scene.objects:
         shape = present[int(rng.integers(len(present)))]
         wrong = [c for c in COLORS if c not in colors_of[shape]]
-        color = wrong[int(rng.integers(len(wrong)))]
-        samples.append(Sample("exists", existence_prompt(shape, color), "No", "attribute"))
+        if wrong:  # a shape drawn in every colour has no wrong-colour question
+            color = wrong[int(rng.integers(len(wrong)))]
+            samples.append(Sample("exists", existence_prompt(shape, color), "No", "attribute"))
 
     single = sorted(s for s in present_set if len(colors_of[s]) == 1)
     if single:

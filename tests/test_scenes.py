@@ -202,3 +202,19 @@ def test_processor_chat_template_and_image_tokens():
     assert ids.count(tok.convert_tokens_to_ids("<image>")) == 576
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert tuple(enc["pixel_values"].shape) == (1, 3, 336, 336)
+
+
+def test_samples_for_a_shape_drawn_in_every_colour():
+    """No wrong-colour question exists then; the other samples are still made (a crash in training)."""
+    import dataclasses
+
+    from scenes.tasks import make_samples
+
+    base = generate_scene(7, "complex")
+    template = base.objects[0]
+    objects = tuple(dataclasses.replace(template, color=c) for c in COLORS)
+    scene = dataclasses.replace(base, objects=objects, text=None)
+    for seed in range(20):
+        samples = make_samples(scene, np.random.default_rng(seed))
+        assert not [s for s in samples if s.kind == "attribute"]
+        assert any(s.task == "caption" for s in samples)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from app.analysis.config import parse_config
+from app.analysis.report import _task_table, summarise
 from app.analysis.run import read_rows, run_analysis
 from app.analysis.scoring import chair_scores, pope_scores, score_answer
 from app.analysis.sources import Problem, coco_items, pope_items
@@ -293,3 +294,35 @@ def test_shipped_configs_are_valid(name):
 
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.source["kind"] == "scenes" and cfg.methods
+
+
+def test_task_table_scores_each_task_per_level():
+    def row(label, budget, level, task, correct, gold="", pred=""):
+        return {
+            "item_id": f"{level}-{task}-{correct}",
+            "label": label,
+            "budget": budget,
+            "complexity": level,
+            "complexity_bin": "simple",
+            "task": task,
+            "correct": correct,
+            "gold": gold,
+            "pred": pred,
+            "kept_erank": 1.0,
+            "retained_attention": 0.5,
+        }
+
+    rows = [
+        row("attention", 8, "simple", "color", True),
+        row("attention", 8, "simple", "color", False),
+        row("attention", 8, "simple", "color", True),
+        row("attention", 8, "simple", "count", False),
+        row("attention", 8, "complex", "exists", True, "yes", "yes"),
+        row("attention", 8, "complex", "exists", False, "no", "yes"),
+    ]
+    stats = summarise(rows)
+    assert stats[("level", "attention", 8, "simple")]["task_accuracy"] == {"color": 2 / 3, "count": 0.0}
+    lines = _task_table(stats, ["full", "attention"], [8], ["complex", "simple"])
+    table = "\n".join(lines)
+    assert "| attention | 8 | simple | – | – | – | – | 66.7 | 0.0 |" in table
+    assert "| attention | 8 | complex | 50.0 | – | – | – | – | – |" in table

@@ -13,7 +13,9 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from scenes.evaluate import eval_scenes, evaluate, summarize
+from app.runtime import CALIBRATION_FILE, load_runner
+from scenes.data import pixel_tensor
+from scenes.evaluate import eval_samples, eval_scenes, evaluate, greedy_answers, summarize
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / "prunelens-tiny-llava"
 
@@ -36,6 +38,49 @@ def test_weights_are_small_and_llava_shaped(loaded):
     assert model.config.vision_config.image_size == 336 and model.config.vision_config.patch_size == 14
     assert model.config.vision_feature_layer == -2
     assert model.config.vision_feature_select_strategy == "default"
+
+
+def test_processor_round_trip_matches_training_inputs(loaded):
+    processor, _ = loaded
+    scene = eval_scenes(3)[2]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == "<s>USER: <image>\nDescribe the image. ASSISTANT:"
+    batch = processor(images=scene.image, text=text, return_tensors="pt")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((batch["input_ids"] == image_id).sum()) == 576
+    assert int((batch["input_ids"] == processor.tokenizer.bos_token_id).sum()) == 1
+    torch.testing.assert_close(batch["pixel_values"], pixel_tensor([scene]), atol=1e-5, rtol=0)
+    words = "Two yellow squares, a green heart and a blue moon."
+    ids = processor.tokenizer(words, add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.unk_token_id not in ids
+    assert processor.tokenizer.decode(ids) == words
+
+
+def test_standard_generate_path_gives_the_training_format_answers(loaded):
+    """``processor`` + ``model.generate`` (what the app and any user do) == the evaluator's decoding."""
+    processor, model = loaded
+    scene = eval_scenes(6)[5]
+    prompts = [s.prompt for s in eval_samples(scene)][:3]
+    with torch.no_grad():
+        states = model.model.vision_tower(pixel_tensor([scene]), output_hidden_states=True).hidden_states
+        expected = greedy_answers(model, processor.tokenizer, states[model.config.vision_feature_layer][0, 1:], prompts)
+    for prompt, want in zip(prompts, expected, strict=True):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        batch = processor(images=scene.image, text=text, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=48, do_sample=False)
+        got = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert got == want, (prompt, got, want)
+
+
+def test_runner_uses_the_shipped_calibration():
+    runner = load_runner(str(MODEL_DIR), device="cpu")
+    cal = runner.calibration
+    assert cal.source == "file" and Path(cal.path) == MODEL_DIR / CALIBRATION_FILE
+    assert cal.n_images is not None and cal.n_images >= 500
+    assert 1.0 < cal.erank_p10 < cal.erank_avg < cal.erank_p90 < 576
 
 
 def test_full_token_quality_on_100_held_out_scenes(loaded):

@@ -56,6 +56,34 @@ def _score(agg: dict[str, Any]) -> float | None:
     return agg["other_accuracy"]
 
 
+def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budgets: Sequence[Any], levels) -> list[str]:
+    """Every task's own score per method, budget and built-in scene level (%)."""
+    tasks = sorted({t for a in stats.values() for t in a["task_accuracy"]})
+    header = ["method", "K", "level", "existence", "recall", "CHAIR_i", "CHAIR_s", *tasks]
+    rows = []
+    for lab in labels:
+        full_keys = sorted({k[2] for k in stats if k[0] == "level" and k[1] == "full"}, key=str)
+        for b in full_keys if lab == "full" else budgets:
+            for lv in levels:
+                a = stats.get(("level", lab, b, lv))
+                if a is None:
+                    continue
+                chair = a["chair"]
+                rows.append(
+                    [
+                        lab,
+                        "all" if lab == "full" else b,
+                        lv,
+                        _fmt(a["pope"]["accuracy"], True),
+                        _fmt(chair["recall"], True),
+                        _fmt(chair["chair_i"], True),
+                        _fmt(chair["chair_s"], True),
+                        *[_fmt(a["task_accuracy"].get(t), True) for t in tasks],
+                    ]
+                )
+    return ["", "## Every task per built-in scene level (%)", "", _table(header, rows)]
+
+
 def write_reports(output: Path, config: AnalysisConfig) -> str:
     """Write ``summary.md`` and ``report.html`` from ``results.jsonl``; returns the markdown."""
     from .run import read_rows
@@ -156,6 +184,8 @@ def write_reports(output: Path, config: AnalysisConfig) -> str:
                 ],
             )
         )
+    if levels:
+        md += _task_table(stats, labels, budgets, levels)
     hybrids = [m for m in config.methods if m.method == "hybrid"]
     if len(hybrids) > 1:
         md += ["", "## Hybrid mix ratio R (Table 3)", ""]

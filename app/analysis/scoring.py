@@ -104,9 +104,13 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     per_item = {r.get("item_id"): r for r in rows}.values()  # selection numbers once per image
     erank = [r["kept_erank"] for r in per_item if r.get("kept_erank") is not None]
     retained = [r["retained_attention"] for r in per_item if r.get("retained_attention") is not None]
+    by_task: dict[str, list[bool]] = {}
+    for r in other:
+        by_task.setdefault(r["task"], []).append(bool(r["correct"]))
     return {
         "chair": chair_scores(rows),
         "pope": pope_scores(rows),
+        "task_accuracy": {task: sum(hits) / len(hits) for task, hits in sorted(by_task.items())},
         "other_accuracy": sum(r["correct"] for r in other) / len(other) if other else None,
         "n_other": len(other),
         "kept_erank": sum(erank) / len(erank) if erank else None,

@@ -202,12 +202,15 @@ class PackedBatch:
         attention_mask: (B, 1, L, L) bool, True where a query may attend to a key.
         labels: (B, L) next-token targets (already shifted: label at t is the token at t + 1),
             -100 except where the next token is part of an answer (answer words and ``</s>``).
+        weights: (B, L) float, each sample's labelled tokens sharing weight 1 (0 elsewhere), so a
+            one-word answer counts as much as a whole caption in a per-sample loss.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    weights: torch.Tensor
 
 
 def pack_sequences(
@@ -230,6 +233,7 @@ def pack_sequences(
     for samples, count in zip(sample_lists, counts, strict=True):
         prefix = head + [image_id] * count
         ids, pos, seg, lab = list(prefix), list(range(len(prefix))), [0] * len(prefix), [-100] * len(prefix)
+        wts = [0.0] * len(prefix)
         for k, sample in enumerate(samples, start=1):
             q = tokenizer(f"\n{sample.prompt} ASSISTANT:", add_special_tokens=False)["input_ids"]
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
@@ -239,20 +243,23 @@ def pack_sequences(
             seg += [k] * (len(q) + len(a))
             # the token before each answer token predicts it: last prompt token and answer[:-1]
             lab += [-100] * (len(q) - 1) + a + [-100]
-        rows.append((ids, pos, seg, lab))
+            wts += [0.0] * (len(q) - 1) + [1.0 / len(a)] * len(a) + [0.0]
+        rows.append((ids, pos, seg, lab, wts))
     length = max(len(r[0]) for r in rows)
     batch = len(rows)
     input_ids = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((batch, length), dtype=torch.long)
     segment = torch.full((batch, length), -1, dtype=torch.long)
     labels = torch.full((batch, length), -100, dtype=torch.long)
-    for b, (ids, pos, seg, lab) in enumerate(rows):
+    weights = torch.zeros((batch, length))
+    for b, (ids, pos, seg, lab, wts) in enumerate(rows):
         n = len(ids)
         input_ids[b, :n] = torch.tensor(ids)
         position_ids[b, :n] = torch.tensor(pos)
         position_ids[b, n:] = torch.arange(n, length)
         segment[b, :n] = torch.tensor(seg)
         labels[b, :n] = torch.tensor(lab)
+        weights[b, :n] = torch.tensor(wts)
     q_seg = segment[:, :, None]  # (B, L, 1)
     k_seg = segment[:, None, :]  # (B, 1, L)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
@@ -261,4 +268,4 @@ def pack_sequences(
     allowed = (same | to_prefix) & causal
     idx = torch.arange(length)
     allowed[:, idx, idx] = True  # padding rows attend to themselves only (no empty softmax rows)
-    return PackedBatch(input_ids, position_ids, allowed[:, None], labels)
+    return PackedBatch(input_ids, position_ids, allowed[:, None], labels, weights)

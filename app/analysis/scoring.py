@@ -16,6 +16,7 @@ from ..objects import Vocabulary, find_mentions
 __all__ = ["aggregate", "chair_scores", "first_word", "pope_scores", "score_answer"]
 
 YES_NO = ("yes", "no")
+WRONG_COLOUR_KIND = "attribute"  # scenes.tasks' kind of "Is there a {wrong colour} {shape}?" questions
 
 
 def first_word(text: str) -> str:
@@ -77,8 +78,13 @@ def chair_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | N
 
 
 def pope_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
-    """Accuracy, precision, recall, F1 (``yes`` positive) and yes-ratio of yes/no answers."""
-    rows = [r for r in rows if r.get("task") in ("exists", "pope")]
+    """Accuracy, precision, recall, F1 (``yes`` positive) and yes-ratio of yes/no answers.
+
+    Only POPE's question types count: the built-in scenes' wrong-colour questions (``kind ==
+    "attribute"``) are an attribute test, not an object-existence one, and ``aggregate`` scores
+    them on their own as the task ``"wrong colour"``.
+    """
+    rows = [r for r in rows if r.get("task") in ("exists", "pope") and r.get("kind") != WRONG_COLOUR_KIND]
     if not rows:
         return {"n": 0, "accuracy": None, "precision": None, "recall": None, "f1": None, "yes_ratio": None}
     gold = [r["gold"].strip().lower() for r in rows]
@@ -101,12 +107,15 @@ def pope_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | No
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """All the summary numbers of a group of rows (one method at one budget, say)."""
     other = [r for r in rows if r.get("task") not in ("caption", "exists", "pope") and "correct" in r]
+    wrong_colour = [r for r in rows if r.get("task") == "exists" and r.get("kind") == WRONG_COLOUR_KIND]
     per_item = {r.get("item_id"): r for r in rows}.values()  # selection numbers once per image
     erank = [r["kept_erank"] for r in per_item if r.get("kept_erank") is not None]
     retained = [r["retained_attention"] for r in per_item if r.get("retained_attention") is not None]
     by_task: dict[str, list[bool]] = {}
     for r in other:
         by_task.setdefault(r["task"], []).append(bool(r["correct"]))
+    for r in wrong_colour:
+        by_task.setdefault("wrong colour", []).append(bool(r["correct"]))
     return {
         "chair": chair_scores(rows),
         "pope": pope_scores(rows),

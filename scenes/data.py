@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -204,6 +205,9 @@ class PackedBatch:
             -100 except where the next token is part of an answer (answer words and ``</s>``).
         weights: (B, L) float, each sample's labelled tokens sharing weight 1 (0 elsewhere), so a
             one-word answer counts as much as a whole caption in a per-sample loss.
+        ground_index: (G, 2) long, (row, position) of each grounded query token: the token that
+            predicts an answer about a named object, word or caption group (see ``pack_sequences``).
+        ground_mask: (G, L) bool, the image-token positions of that row showing what it is about.
     """
 
     input_ids: torch.Tensor
@@ -211,32 +215,49 @@ class PackedBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
+    ground_index: torch.Tensor
+    ground_mask: torch.Tensor
 
 
 def pack_sequences(
     tokenizer: PreTrainedTokenizerFast,
     sample_lists: Sequence[Sequence[Sample]],
     image_tokens: int | Sequence[int],
+    patch_targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> PackedBatch:
     """Pack one image prefix + its samples per row, following the chat template token for token.
 
     A row is ``<s> USER : <image>×image_tokens`` then, per sample, ``{prompt} ASSISTANT :`` and
     ``{answer} </s>``; the loss covers only the answer and ``</s>``. ``image_tokens`` is one count
     for every row or one per row (rows whose visual tokens were dropped).
+
+    ``patch_targets`` gives each row's ``patch_labels`` (shape, colour, word) restricted to its kept
+    patches, each (K_b,). With it, the batch lists *grounding queries*: the last prompt token of a
+    question naming a shape (the patches of that shape, of that colour too when the answer is
+    "Yes"), of the word question (the word's patches), and each colour word of a caption (the
+    patches of the group it starts, which the next word names). Questions whose object is absent
+    have none.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
     counts = [image_tokens] * len(sample_lists) if isinstance(image_tokens, int) else list(image_tokens)
     if len(counts) != len(sample_lists):
         raise ValueError(f"{len(counts)} image token counts for {len(sample_lists)} rows")
+    if patch_targets is not None and [len(t[0]) for t in patch_targets] != counts:
+        raise ValueError("patch_targets must hold one (K_b,) label triple per row, K_b its image tokens")
     rows = []
-    for samples, count in zip(sample_lists, counts, strict=True):
+    grounds: list[tuple[int, int, np.ndarray]] = []  # (row, query position, kept-patch mask)
+    for b, (samples, count) in enumerate(zip(sample_lists, counts, strict=True)):
         prefix = head + [image_id] * count
         ids, pos, seg, lab = list(prefix), list(range(len(prefix))), [0] * len(prefix), [-100] * len(prefix)
         wts = [0.0] * len(prefix)
         for k, sample in enumerate(samples, start=1):
             q = tokenizer(f"\n{sample.prompt} ASSISTANT:", add_special_tokens=False)["input_ids"]
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
+            if patch_targets is not None:
+                offset = len(ids)
+                for at, mask in _grounding(tokenizer, sample, q, a, patch_targets[b]):
+                    grounds.append((b, offset + at, mask))
             start = len(prefix)
             ids += q + a
             pos += list(range(start, start + len(q) + len(a)))
@@ -268,4 +289,42 @@ def pack_sequences(
     allowed = (same | to_prefix) & causal
     idx = torch.arange(length)
     allowed[:, idx, idx] = True  # padding rows attend to themselves only (no empty softmax rows)
-    return PackedBatch(input_ids, position_ids, allowed[:, None], labels, weights)
+    ground_index = torch.tensor([(b, at) for b, at, _ in grounds], dtype=torch.long).reshape(-1, 2)
+    ground_mask = torch.zeros((len(grounds), length), dtype=torch.bool)
+    for g, (_, _, mask) in enumerate(grounds):
+        ground_mask[g, len(head) : len(head) + len(mask)] = torch.from_numpy(mask)
+    return PackedBatch(input_ids, position_ids, allowed[:, None], labels, weights, ground_index, ground_mask)
+
+
+def _grounding(
+    tokenizer: PreTrainedTokenizerFast,
+    sample: Sample,
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    targets: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> list[tuple[int, np.ndarray]]:
+    """Grounding queries of one packed sample: (position within ``prompt_ids + answer_ids``, (K,)
+    bool mask over the row's kept patches). See ``pack_sequences``."""
+    shape_of, color_of, word_of = targets
+    if sample.task == "word":
+        mask = word_of > 0
+        return [(len(prompt_ids) - 1, mask)] if mask.any() else []
+    if sample.task == "caption":
+        out = []
+        tokens = tokenizer.convert_ids_to_tokens(answer_ids)
+        for i, (tok, nxt) in enumerate(pairwise(tokens)):
+            shape = nxt if nxt in _SHAPE_INDEX else nxt[:-1] if nxt[:-1] in _SHAPE_INDEX else None
+            if tok in _COLOR_INDEX and shape is not None:
+                mask = (shape_of == 1 + _SHAPE_INDEX[shape]) & (color_of == 1 + _COLOR_INDEX[tok])
+                if mask.any():
+                    out.append((len(prompt_ids) + i, mask))
+        return out
+    words = sample.prompt.lower().rstrip("?").split()
+    shapes = [w if w in _SHAPE_INDEX else w[:-1] for w in words if w in _SHAPE_INDEX or w[:-1] in _SHAPE_INDEX]
+    if len(shapes) != 1:
+        return []
+    mask = shape_of == 1 + _SHAPE_INDEX[shapes[0]]
+    colors = [w for w in words if w in _COLOR_INDEX]
+    if colors and sample.answer == "Yes":
+        mask &= color_of == 1 + _COLOR_INDEX[colors[0]]
+    return [(len(prompt_ids) - 1, mask)] if mask.any() else []

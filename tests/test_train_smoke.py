@@ -13,11 +13,19 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from scenes.data import pack_sequences, patch_owners, pixel_tensor, random_keep, training_scene, visible_scene
+from scenes.data import (
+    pack_sequences,
+    patch_labels,
+    patch_owners,
+    pixel_tensor,
+    random_keep,
+    training_scene,
+    visible_scene,
+)
 from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
 from scenes.model import build_model
-from scenes.tasks import make_samples
-from scenes.train import SMOKE, _text_loss, main, train
+from scenes.tasks import Sample, color_prompt, count_prompt, existence_prompt, make_samples
+from scenes.train import SMOKE, _AttentionInputs, _head_attention, _text_loss, main, train
 from scenes.vocab import build_processor, build_tokenizer
 
 
@@ -173,3 +181,125 @@ def test_sample_weighted_loss_is_the_mean_of_per_sample_losses():
         per_sample = [_text_loss(model, features, pack_sequences(tokenizer, [[s]], 8)) for s in samples]
     assert float(weighted) == pytest.approx(float(sum(per_sample) / 3), rel=1e-4)
     assert float(weighted) != pytest.approx(float(token_mean), rel=1e-3)
+
+
+def _complex_scene():
+    scene = next(training_scene(s) for s in range(100) if training_scene(s).complexity == "complex")
+    assert len({o.shape for o in scene.objects}) >= 3
+    return scene
+
+
+def _only_grounding(tokenizer, scene, sample):
+    batch = pack_sequences(tokenizer, [[sample]], 576, [patch_labels(scene)])
+    return batch, [tokenizer.convert_ids_to_tokens(int(batch.input_ids[0, p])) for _, p in batch.ground_index]
+
+
+def test_grounding_targets_are_the_named_objects_patches():
+    tokenizer = build_tokenizer()
+    scene = _complex_scene()
+    owners = patch_owners(scene)
+    obj = scene.objects[0]
+    of_shape = np.isin(owners, [i + 1 for i, o in enumerate(scene.objects) if o.shape == obj.shape])
+    of_pair = np.isin(
+        owners, [i + 1 for i, o in enumerate(scene.objects) if (o.shape, o.color) == (obj.shape, obj.color)]
+    )
+    prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
+    wrong = next(c for c in ("red", "green", "blue", "white") if c not in {o.color for o in scene.objects})
+    absent = next(s for s in ("circle", "square", "triangle", "star", "heart", "moon") if scene.count(s) == 0)
+    cases = [
+        (Sample("color", color_prompt(obj.shape), obj.color), of_shape),
+        (Sample("count", count_prompt(obj.shape), str(scene.count(obj.shape))), of_shape),
+        (Sample("exists", existence_prompt(obj.shape), "Yes", "positive"), of_shape),
+        (Sample("exists", existence_prompt(obj.shape, obj.color), "Yes", "positive"), of_pair),
+        (Sample("exists", existence_prompt(obj.shape, wrong), "No", "attribute"), of_shape),  # look, then say no
+    ]
+    for sample, expected in cases:
+        batch, tokens = _only_grounding(tokenizer, scene, sample)
+        assert tokens == [":"], sample  # the token that predicts the answer
+        assert int(batch.labels[0, batch.ground_index[0, 1]]) == tokenizer(f" {sample.answer}")["input_ids"][0]
+        mask = batch.ground_mask[0]
+        assert not mask[:prefix].any() and not mask[prefix + 576 :].any()
+        assert np.array_equal(mask[prefix : prefix + 576].numpy(), expected), sample
+    for sample in (
+        Sample("exists", existence_prompt(absent), "No", "random"),
+        Sample("count", count_prompt(absent), "0"),
+    ):
+        batch, _ = _only_grounding(tokenizer, scene, sample)
+        assert len(batch.ground_index) == 0 and batch.ground_mask.shape == (0, batch.input_ids.shape[1])
+
+
+def test_caption_grounding_points_each_colour_word_at_its_group():
+    tokenizer = build_tokenizer()
+    scene = _complex_scene()
+    sample = make_samples(scene, np.random.default_rng(0))[0]
+    batch, tokens = _only_grounding(tokenizer, scene, sample)
+    groups = {(o.color, o.shape) for o in scene.objects}
+    assert len(tokens) == len(groups)
+    owners = patch_owners(scene)
+    for (_, at), mask, colour in zip(batch.ground_index.tolist(), batch.ground_mask, tokens, strict=True):
+        shape = tokenizer.convert_ids_to_tokens(int(batch.input_ids[0, at + 1])).removesuffix("s")
+        ids = [i + 1 for i, o in enumerate(scene.objects) if (o.color, o.shape) == (colour, shape)]
+        assert ids, (colour, shape)
+        prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
+        assert np.array_equal(mask[prefix : prefix + 576].numpy(), np.isin(owners, ids))
+
+
+def test_grounding_follows_kept_patches_and_word_scenes():
+    tokenizer = build_tokenizer()
+    word_scene = next(training_scene(s) for s in range(100) if training_scene(s).text is not None)
+    keep = np.arange(0, 576, 3)
+    shape, color, word = (labels[keep] for labels in patch_labels(word_scene))
+    sample = Sample("word", "What word is written in the image?", word_scene.text)
+    batch = pack_sequences(tokenizer, [[sample]], len(keep), [(shape, color, word)])
+    prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
+    assert np.array_equal(batch.ground_mask[0, prefix : prefix + len(keep)].numpy(), word > 0)
+    with pytest.raises(ValueError, match="patch_targets"):
+        pack_sequences(tokenizer, [[sample]], 576, [(shape, color, word)])
+
+
+def test_recomputed_head_attention_equals_eager_attention():
+    tokenizer = build_tokenizer()
+    model = build_model(dataclasses.replace(SMOKE.model, text_layers=2, text_heads=4), tokenizer, seed=3)
+    lm = model.model.language_model
+    lm.set_attn_implementation("eager")
+    scenes = [training_scene(5), training_scene(9)]
+    samples = [make_samples(s, np.random.default_rng(0))[:6] for s in scenes]
+    batch = pack_sequences(tokenizer, samples, 576, [patch_labels(s) for s in scenes])
+    assert len(batch.ground_index) >= 4
+    embeds = model.get_input_embeddings()(batch.input_ids)
+    # eager attention is given the packing mask in additive form (0 allowed, most-negative otherwise)
+    additive = torch.zeros(batch.attention_mask.shape).masked_fill(~batch.attention_mask, torch.finfo().min)
+    with torch.no_grad(), _AttentionInputs([layer.self_attn for layer in lm.layers]) as taps:
+        out = lm(inputs_embeds=embeds, attention_mask=additive, position_ids=batch.position_ids, output_attentions=True)
+    rows, pos = batch.ground_index[:, 0], batch.ground_index[:, 1]
+    for i, layer in enumerate(lm.layers):
+        for head in range(4):
+            mine = _head_attention(layer.self_attn, *taps.inputs[i], batch, head=head)
+            torch.testing.assert_close(mine, out.attentions[i][rows, head, pos], atol=1e-6, rtol=1e-5)
+
+
+def test_grounding_loss_pulls_attention_onto_the_object():
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(SMOKE.model, text_layers=2), tokenizer, seed=4)
+    scene = _complex_scene()
+    samples = [s for s in make_samples(scene, np.random.default_rng(2)) if s.task in ("color", "count", "exists")]
+    batch = pack_sequences(tokenizer, [samples], 576, [patch_labels(scene)])
+    features = torch.randn(576, model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    labels = torch.from_numpy(patch_labels(scene)[0]).float()
+    features[:, 0] += 3 * labels  # the shape is readable from each patch's feature
+    params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    grounds = []
+    for _ in range(25):
+        parts: dict[str, float] = {}
+        loss = _text_loss(model, features, batch, ground_weight=1.0, parts=parts)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert loss.item() == pytest.approx(parts["text"] + parts["ground"], rel=1e-5)
+        grounds.append(parts["ground"])
+    assert np.mean(grounds[-3:]) < 0.5 * np.mean(grounds[:3]), grounds
+    no_ground: dict[str, float] = {}
+    _text_loss(model, features, batch, parts=no_ground)
+    assert set(no_ground) == {"text"}

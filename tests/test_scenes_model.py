@@ -15,6 +15,7 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from app.runtime import CALIBRATION_FILE, load_runner
+from benchmarks.agreement import agreement
 from scenes.data import pixel_tensor
 from scenes.evaluate import eval_samples, eval_scenes, evaluate, greedy_answers, summarize
 
@@ -111,3 +112,14 @@ def test_full_token_quality_on_100_held_out_scenes(loaded):
     # in the weights, the processor or the decoding still fails here.
     assert m["caption_recall"] >= 0.80, m
     assert m["count_acc_le6"] >= 0.70, m
+
+
+def test_agreement_benchmark_measures_overlap():
+    same = agreement(MODEL_DIR, "attention", "attention", [32], ["simple"], 2)
+    assert same == {("simple", 32): 1.0}
+    other = agreement(MODEL_DIR, "attention", "diversity", [32], ["complex"], 2)
+    assert 0.0 <= other[("complex", 32)] < 1.0  # the two rules keep different tokens on clutter
+    with pytest.raises(ValueError, match="unknown levels"):
+        agreement(MODEL_DIR, "attention", "adaptive", [32], ["busy"], 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        agreement(MODEL_DIR, "attention", "adaptive", [32], ["simple"], 0)

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from scenes.generate import TEXT_ID, Scene, generate_scene
-from scenes.tasks import Sample
+from scenes.tasks import Sample, parse_objects
 from scenes.vocab import IMAGE_TOKEN, PATCH_SIZE
 from scenes.vocabulary import COLORS, COMPLEXITIES, SHAPES, WORDS
 
@@ -319,12 +319,11 @@ def _grounding(
                 if mask.any():
                     out.append((len(prompt_ids) + i, mask))
         return out
-    words = sample.prompt.lower().rstrip("?").split()
-    shapes = [w if w in _SHAPE_INDEX else w[:-1] for w in words if w in _SHAPE_INDEX or w[:-1] in _SHAPE_INDEX]
-    if len(shapes) != 1:
+    mentions = parse_objects(sample.prompt)
+    if len(mentions) != 1:
         return []
-    mask = shape_of == 1 + _SHAPE_INDEX[shapes[0]]
-    colors = [w for w in words if w in _COLOR_INDEX]
-    if colors and sample.answer == "Yes":
-        mask &= color_of == 1 + _COLOR_INDEX[colors[0]]
+    named = mentions[0]
+    mask = shape_of == 1 + _SHAPE_INDEX[named.shape]
+    if named.color is not None and sample.answer == "Yes":
+        mask &= color_of == 1 + _COLOR_INDEX[named.color]
     return [(len(prompt_ids) - 1, mask)] if mask.any() else []

@@ -234,9 +234,9 @@ def pack_sequences(
     ``patch_targets`` gives each row's ``patch_labels`` (shape, colour, word) restricted to its kept
     patches, each (K_b,). With it, the batch lists *grounding queries*: the last prompt token of a
     question naming a shape (the patches of that shape, of that colour too when the answer is
-    "Yes"), of the word question (the word's patches), and each colour word of a caption (the
-    patches of the group it starts, which the next word names). Questions whose object is absent
-    have none.
+    "Yes"), of the word question (the word's patches), and, for each group of a caption ("two red
+    stars"), the three tokens that choose its count, its colour and its shape (the ``,`` before
+    it, ``two``, ``red``; the group's patches). Questions whose object is absent have none.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
@@ -317,7 +317,8 @@ def _grounding(
             if tok in _COLOR_INDEX and shape is not None:
                 mask = (shape_of == 1 + _SHAPE_INDEX[shape]) & (color_of == 1 + _COLOR_INDEX[tok])
                 if mask.any():
-                    out.append((len(prompt_ids) + i, mask))
+                    # the tokens choosing this group's count, its colour and its shape
+                    out.extend((len(prompt_ids) + i - back, mask) for back in (2, 1, 0))
         return out
     mentions = parse_objects(sample.prompt)
     if len(mentions) != 1:

@@ -228,20 +228,29 @@ def test_grounding_targets_are_the_named_objects_patches():
         assert len(batch.ground_index) == 0 and batch.ground_mask.shape == (0, batch.input_ids.shape[1])
 
 
-def test_caption_grounding_points_each_colour_word_at_its_group():
+def test_caption_grounding_points_each_group_phrase_at_its_group():
     tokenizer = build_tokenizer()
     scene = _complex_scene()
     sample = make_samples(scene, np.random.default_rng(0))[0]
     batch, tokens = _only_grounding(tokenizer, scene, sample)
     groups = {(o.color, o.shape) for o in scene.objects}
-    assert len(tokens) == len(groups)
+    # three queries per group: the tokens that choose its count, its colour and its shape
+    assert len(tokens) == 3 * len(groups)
     owners = patch_owners(scene)
-    for (_, at), mask, colour in zip(batch.ground_index.tolist(), batch.ground_mask, tokens, strict=True):
-        shape = tokenizer.convert_ids_to_tokens(int(batch.input_ids[0, at + 1])).removesuffix("s")
+    prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
+    index = batch.ground_index.tolist()
+    for g in range(0, len(index), 3):
+        positions = [at for _, at in index[g : g + 3]]
+        assert positions == list(range(positions[0], positions[0] + 3))
+        before, count, colour = tokens[g : g + 3]
+        assert before in {":", ",", "and"}, before  # ":" ends the prompt, before the first group
+        assert count.lower() in {"a", "an", "one", "two", "three", "four", "five", "six"}, count
+        assert colour in {c for c, _ in groups}
+        shape = tokenizer.convert_ids_to_tokens(int(batch.input_ids[0, positions[2] + 1])).removesuffix("s")
         ids = [i + 1 for i, o in enumerate(scene.objects) if (o.color, o.shape) == (colour, shape)]
         assert ids, (colour, shape)
-        prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
-        assert np.array_equal(mask[prefix : prefix + 576].numpy(), np.isin(owners, ids))
+        for mask in batch.ground_mask[g : g + 3]:
+            assert np.array_equal(mask[prefix : prefix + 576].numpy(), np.isin(owners, ids))
 
 
 def test_grounding_follows_kept_patches_and_word_scenes():

@@ -235,8 +235,9 @@ def pack_sequences(
     patches, each (K_b,). With it, the batch lists *grounding queries*: the last prompt token of a
     question naming a shape (the patches of that shape, of that colour too when the answer is
     "Yes"), of the word question (the word's patches), and, for each group of a caption ("two red
-    stars"), the three tokens that choose its count, its colour and its shape (the ``,`` before
-    it, ``two``, ``red``; the group's patches). Questions whose object is absent have none.
+    stars"), the three tokens that choose its count, its colour and its shape (the token before
+    it: ``,``, ``and`` or the prompt's closing ``:``; then ``two``; then ``red``), each pointing at
+    the group's patches. Questions whose object is absent have none.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]

@@ -207,7 +207,12 @@ class PackedBatch:
             one-word answer counts as much as a whole caption in a per-sample loss.
         ground_index: (G, 2) long, (row, position) of each grounded query token: the token that
             predicts an answer about a named object, word or caption group (see ``pack_sequences``).
-        ground_mask: (G, L) bool, the image-token positions of that row showing what it is about.
+        ground_mask: (G, L) bool, the image-token positions of that row showing what it is about
+            (for a count query, the named shape's patches and position 0, ``<s>``).
+        ground_share: (G, L) float, for count queries the distribution the head should match over
+            its mask (``scenes.train._grounding_loss``): ``<s>`` and every instance of the shape
+            1 / (n + 1) each, an instance's share spread evenly over its patches; all zero for the
+            other queries, whose head need only put its attention somewhere in the mask.
     """
 
     input_ids: torch.Tensor
@@ -217,13 +222,14 @@ class PackedBatch:
     weights: torch.Tensor
     ground_index: torch.Tensor
     ground_mask: torch.Tensor
+    ground_share: torch.Tensor
 
 
 def pack_sequences(
     tokenizer: PreTrainedTokenizerFast,
     sample_lists: Sequence[Sequence[Sample]],
     image_tokens: int | Sequence[int],
-    patch_targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    patch_targets: Sequence[tuple[np.ndarray, ...]] | None = None,
 ) -> PackedBatch:
     """Pack one image prefix + its samples per row, following the chat template token for token.
 
@@ -238,16 +244,28 @@ def pack_sequences(
     stars"), the three tokens that choose its count, its colour and its shape (the token before
     it: ``,``, ``and`` or the prompt's closing ``:``; then ``two``; then ``red``), each pointing at
     the group's patches. Questions whose object is absent have none.
+
+    A row's targets may carry a fourth array, the ``patch_owners`` of its kept patches. Then a count
+    question whose shape is present becomes a *share* query: the head must give ``<s>`` and each of
+    the n instances of the shape an equal share of its attention (``ground_share``), so what it
+    reads mixes ``<s>`` and the shape's features in the ratio 1 : n, and n can be read from the
+    mixture. A plain mass target over the shape's patches cannot carry n, since attention averages
+    whatever it lands on, and an average of one star's patches looks like that of two stars'.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
     counts = [image_tokens] * len(sample_lists) if isinstance(image_tokens, int) else list(image_tokens)
     if len(counts) != len(sample_lists):
         raise ValueError(f"{len(counts)} image token counts for {len(sample_lists)} rows")
-    if patch_targets is not None and [len(t[0]) for t in patch_targets] != counts:
-        raise ValueError("patch_targets must hold one (K_b,) label triple per row, K_b its image tokens")
+    if patch_targets is not None and (
+        [len(t[0]) for t in patch_targets] != counts or any(len(t) not in (3, 4) for t in patch_targets)
+    ):
+        raise ValueError(
+            "patch_targets must hold one (K_b,) label triple (or triple + owners) per row, K_b its image tokens"
+        )
     rows = []
-    grounds: list[tuple[int, int, np.ndarray]] = []  # (row, query position, kept-patch mask)
+    # (row, query position, kept-patch mask, kept-patch share or None)
+    grounds: list[tuple[int, int, np.ndarray, np.ndarray | None]] = []
     for b, (samples, count) in enumerate(zip(sample_lists, counts, strict=True)):
         prefix = head + [image_id] * count
         ids, pos, seg, lab = list(prefix), list(range(len(prefix))), [0] * len(prefix), [-100] * len(prefix)
@@ -257,8 +275,8 @@ def pack_sequences(
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
             if patch_targets is not None:
                 offset = len(ids)
-                for at, mask in _grounding(tokenizer, sample, q, a, patch_targets[b]):
-                    grounds.append((b, offset + at, mask))
+                for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b]):
+                    grounds.append((b, offset + at, mask, share))
             start = len(prefix)
             ids += q + a
             pos += list(range(start, start + len(q) + len(a)))
@@ -290,11 +308,18 @@ def pack_sequences(
     allowed = (same | to_prefix) & causal
     idx = torch.arange(length)
     allowed[:, idx, idx] = True  # padding rows attend to themselves only (no empty softmax rows)
-    ground_index = torch.tensor([(b, at) for b, at, _ in grounds], dtype=torch.long).reshape(-1, 2)
+    ground_index = torch.tensor([(b, at) for b, at, _, _ in grounds], dtype=torch.long).reshape(-1, 2)
     ground_mask = torch.zeros((len(grounds), length), dtype=torch.bool)
-    for g, (_, _, mask) in enumerate(grounds):
+    ground_share = torch.zeros((len(grounds), length), dtype=torch.float32)
+    for g, (_, _, mask, share) in enumerate(grounds):
         ground_mask[g, len(head) : len(head) + len(mask)] = torch.from_numpy(mask)
-    return PackedBatch(input_ids, position_ids, allowed[:, None], labels, weights, ground_index, ground_mask)
+        if share is not None:
+            ground_mask[g, 0] = True  # <s>: the reference the instances are counted against
+            ground_share[g, len(head) : len(head) + len(share)] = torch.from_numpy(share)
+            ground_share[g, 0] = 1.0 - float(share.sum())
+    return PackedBatch(
+        input_ids, position_ids, allowed[:, None], labels, weights, ground_index, ground_mask, ground_share
+    )
 
 
 def _grounding(
@@ -302,14 +327,15 @@ def _grounding(
     sample: Sample,
     prompt_ids: list[int],
     answer_ids: list[int],
-    targets: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> list[tuple[int, np.ndarray]]:
+    targets: tuple[np.ndarray, ...],
+) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
     """Grounding queries of one packed sample: (position within ``prompt_ids + answer_ids``, (K,)
-    bool mask over the row's kept patches). See ``pack_sequences``."""
-    shape_of, color_of, word_of = targets
+    bool mask over the row's kept patches, (K,) float share of each patch for a count query or
+    None). See ``pack_sequences``."""
+    shape_of, color_of, word_of = targets[:3]
     if sample.task == "word":
         mask = word_of > 0
-        return [(len(prompt_ids) - 1, mask)] if mask.any() else []
+        return [(len(prompt_ids) - 1, mask, None)] if mask.any() else []
     if sample.task == "caption":
         out = []
         tokens = tokenizer.convert_ids_to_tokens(answer_ids)
@@ -319,13 +345,25 @@ def _grounding(
                 mask = (shape_of == 1 + _SHAPE_INDEX[shape]) & (color_of == 1 + _COLOR_INDEX[tok])
                 if mask.any():
                     # the tokens choosing this group's count, its colour and its shape
-                    out.extend((len(prompt_ids) + i - back, mask) for back in (2, 1, 0))
+                    out.extend((len(prompt_ids) + i - back, mask, None) for back in (2, 1, 0))
         return out
     mentions = parse_objects(sample.prompt)
     if len(mentions) != 1:
         return []
     named = mentions[0]
     mask = shape_of == 1 + _SHAPE_INDEX[named.shape]
+    if sample.task == "count" and len(targets) == 4 and mask.any():
+        return [(len(prompt_ids) - 1, mask, _instance_share(targets[3], mask))]
     if named.color is not None and sample.answer == "Yes":
         mask &= color_of == 1 + _COLOR_INDEX[named.color]
-    return [(len(prompt_ids) - 1, mask)] if mask.any() else []
+    return [(len(prompt_ids) - 1, mask, None)] if mask.any() else []
+
+
+def _instance_share(owners: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(K,) share of attention per kept patch for a count query: each of the n instances owning
+    patches in ``mask`` gets 1 / (n + 1), spread evenly over its patches (``<s>`` takes the rest)."""
+    ids, sizes = np.unique(owners[mask], return_counts=True)
+    share = np.zeros(len(owners), dtype=np.float32)
+    for owner, size in zip(ids, sizes, strict=True):
+        share[mask & (owners == owner)] = 1.0 / ((len(ids) + 1) * size)
+    return share

@@ -25,7 +25,15 @@ from scenes.data import (
 from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
 from scenes.model import build_model
 from scenes.tasks import Sample, color_prompt, count_prompt, existence_prompt, make_samples
-from scenes.train import SMOKE, _AttentionInputs, _head_attention, _text_loss, main, train
+from scenes.train import (
+    SMOKE,
+    _AttentionInputs,
+    _grounding_loss,
+    _head_attention,
+    _text_loss,
+    main,
+    train,
+)
 from scenes.vocab import build_processor, build_tokenizer
 from scenes.vocabulary import COUNT_WORDS
 
@@ -68,6 +76,21 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
     for name, tensor in a.items():
         torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_stage_two_from_an_exported_tower_equals_the_full_run(tmp_path):
+    cfg = dataclasses.replace(SMOKE, vision_steps=3, text_steps=3, checkpoint_every=100)
+    full = train(cfg, tmp_path / "a", tmp_path / "run_a", progress=False)
+    half = train(cfg, tmp_path / "b", tmp_path / "run_b", progress=False, vision_from=tmp_path / "a")
+    assert [r["stage"] for r in half["history"]] == [2, 2, 2]  # stage 1 skipped
+    expected = [r["loss"] for r in full["history"] if r["stage"] == 2]
+    assert [r["loss"] for r in half["history"]] == pytest.approx(expected, rel=1e-6)
+    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="no config.json"):
+        train(cfg, tmp_path / "c", tmp_path / "run_c", progress=False, vision_from=tmp_path / "run_a")
 
 
 def _random_model():
@@ -227,6 +250,65 @@ def test_grounding_targets_are_the_named_objects_patches():
     ):
         batch, _ = _only_grounding(tokenizer, scene, sample)
         assert len(batch.ground_index) == 0 and batch.ground_mask.shape == (0, batch.input_ids.shape[1])
+
+
+def test_count_questions_ask_for_an_equal_share_per_instance():
+    tokenizer = build_tokenizer()
+    prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
+    seen = set()
+    for seed in range(200):
+        scene = training_scene(seed)
+        repeated = [s for s in {o.shape for o in scene.objects} if scene.count(s) > 1]
+        if not repeated or scene.count(repeated[0]) in seen:
+            continue
+        shape = repeated[0]
+        n = scene.count(shape)
+        seen.add(n)
+        owners = patch_owners(scene)
+        sample = Sample("count", count_prompt(shape), str(n))
+        batch = pack_sequences(tokenizer, [[sample]], 576, [(*patch_labels(scene), owners)])
+        (share,) = batch.ground_share
+        (mask,) = batch.ground_mask
+        mine = [i + 1 for i, o in enumerate(scene.objects) if o.shape == shape]
+        assert mask[0] and np.array_equal(mask[prefix : prefix + 576].numpy(), np.isin(owners, mine))
+        assert torch.equal(share > 0, mask)  # the distribution covers exactly the mask
+        assert float(share.sum()) == pytest.approx(1.0)
+        assert float(share[0]) == pytest.approx(1 / (n + 1))  # <s>
+        patches = share[prefix : prefix + 576].numpy()
+        for owner in mine:
+            mass = patches[owners == owner]
+            assert mass.sum() == pytest.approx(1 / (n + 1)) and np.allclose(mass, mass[0])  # even inside
+        # without owners the same question keeps the plain mass target
+        plain = pack_sequences(tokenizer, [[sample]], 576, [patch_labels(scene)])
+        assert not plain.ground_share.any() and not plain.ground_mask[0, 0]
+        if len(seen) >= 2:
+            break
+    assert len(seen) >= 2, seen
+    assert not batch.ground_share[:, prefix + 576 :].any()
+
+
+def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
+    tokenizer = build_tokenizer()
+    scene = _complex_scene()
+    shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
+    obj = next(o for o in scene.objects if o.shape == shape)
+    samples = [
+        Sample("count", count_prompt(shape), str(scene.count(shape))),
+        Sample("color", color_prompt(shape), obj.color),
+    ]
+    batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
+    share, mask = batch.ground_share, batch.ground_mask
+    assert share[0].sum() > 0 and share[1].sum() == 0
+    exact = torch.stack([share[0], mask[1] / mask[1].sum()])  # both queries fully satisfied
+    assert float(_grounding_loss([exact], batch)) == pytest.approx(0.0, abs=1e-4)
+    # the colour query only asks for mass on the mask; the count query also for how it is shared
+    lopsided = mask.float() * torch.rand(mask.shape, generator=torch.Generator().manual_seed(0))
+    lopsided = lopsided / lopsided.sum(-1, keepdim=True)
+    kl = float((share[0][share[0] > 0] * (share[0][share[0] > 0] / lopsided[0][share[0] > 0]).log()).sum())
+    assert float(_grounding_loss([lopsided], batch)) == pytest.approx(kl / 2, rel=1e-3, abs=1e-4)
+    assert kl > 0.05
+    # two heads: the mean over heads
+    assert float(_grounding_loss([exact, lopsided], batch)) == pytest.approx(kl / 4, rel=1e-3, abs=1e-4)
 
 
 def test_caption_grounding_points_each_group_phrase_at_its_group():

@@ -33,6 +33,7 @@ __all__ = [
     "PackedBatch",
     "VisionBatch",
     "pack_sequences",
+    "patch_centres",
     "patch_labels",
     "patch_owners",
     "pixel_tensor",
@@ -118,6 +119,26 @@ def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return shape, color, word
 
 
+def patch_centres(scene: Scene) -> np.ndarray:
+    """One patch per object: (N,) bool in raster order, True at each object's *centre patch*.
+
+    An object's centre patch is, of the patches it owns (``patch_owners``), the one nearest to its
+    centre; ties go to the first in raster order. Every object owning a patch has exactly one.
+    """
+    owners = patch_owners(scene)
+    side = scene.label_map.shape[0] // PATCH_SIZE
+    flags = np.zeros(len(owners), dtype=bool)
+    for index, obj in enumerate(scene.objects, start=1):
+        mine = np.flatnonzero(owners == index)
+        if not len(mine):
+            continue
+        rows, cols = np.divmod(mine, side)
+        cx, cy = obj.center
+        dist = (rows + 0.5 - cy / PATCH_SIZE) ** 2 + (cols + 0.5 - cx / PATCH_SIZE) ** 2
+        flags[mine[int(np.argmin(dist))]] = True
+    return flags
+
+
 def random_keep(rng: np.random.Generator, grid: tuple[int, int], min_keep: int = 16) -> np.ndarray:
     """A random raster-sorted subset of the patch grid, for token-dropping augmentation.
 
@@ -160,6 +181,7 @@ class VisionBatch:
         presence: (B, S*K + S) multi-hot: (shape, colour) pairs then shapes.
         word: (B,) 0 no word, 1 + word index.
         patch_shape, patch_color, patch_word: (B, N) per-patch class targets.
+        patch_centre: (B, N) bool, each object's centre patch (``patch_centres``).
     """
 
     pixels: torch.Tensor
@@ -168,6 +190,7 @@ class VisionBatch:
     patch_shape: torch.Tensor
     patch_color: torch.Tensor
     patch_word: torch.Tensor
+    patch_centre: torch.Tensor
 
 
 def vision_batch(scenes: Sequence[Scene]) -> VisionBatch:
@@ -190,6 +213,7 @@ def vision_batch(scenes: Sequence[Scene]) -> VisionBatch:
         patch_shape=torch.from_numpy(np.stack([lab[0] for lab in labels])),
         patch_color=torch.from_numpy(np.stack([lab[1] for lab in labels])),
         patch_word=torch.from_numpy(np.stack([lab[2] for lab in labels])),
+        patch_centre=torch.from_numpy(np.stack([patch_centres(s) for s in scenes])),
     )
 
 
@@ -208,7 +232,7 @@ class PackedBatch:
         ground_index: (G, 2) long, (row, position) of each grounded query token: the token that
             predicts an answer about a named object, word or caption group (see ``pack_sequences``).
         ground_mask: (G, L) bool, the image-token positions of that row showing what it is about
-            (for a count query, the named shape's patches and position 0, ``<s>``).
+            (for a count query, the support of ``ground_share``: unit patches and ``<s>``).
         ground_share: (G, L) float, for count queries the distribution the head should match over
             its mask (``scenes.train._grounding_loss``): ``<s>`` and every instance of the shape
             1 / (n + 1) each, an instance's share spread evenly over its patches; all zero for the
@@ -245,12 +269,15 @@ def pack_sequences(
     it: ``,``, ``and`` or the prompt's closing ``:``; then ``two``; then ``red``), each pointing at
     the group's patches. Questions whose object is absent have none.
 
-    A row's targets may carry a fourth array, the ``patch_owners`` of its kept patches. Then a count
-    question whose shape is present becomes a *share* query: the head must give ``<s>`` and each of
-    the n instances of the shape an equal share of its attention (``ground_share``), so what it
-    reads mixes ``<s>`` and the shape's features in the ratio 1 : n, and n can be read from the
-    mixture. A plain mass target over the shape's patches cannot carry n, since attention averages
-    whatever it lands on, and an average of one star's patches looks like that of two stars'.
+    A row's targets may carry a fourth array of *count units* over its kept patches: the owning
+    object's number (as in ``patch_owners``) on the patches a count should look at, 0 elsewhere;
+    ``patch_owners`` itself (every patch of an instance) or its values on ``patch_centres`` only
+    (one patch per instance). Then a count question whose shape is present becomes a *share*
+    query: the head must give ``<s>`` and each of the n instances of the shape an equal share of
+    its attention (``ground_share``), an instance's share split evenly over its unit patches, so
+    what it reads mixes ``<s>`` and the shape in the ratio 1 : n and n can be read from the mixture.
+    A plain mass target over the shape's patches cannot carry n: attention averages whatever it
+    lands on, and the average of one star's patches looks like that of two stars'.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
@@ -261,7 +288,7 @@ def pack_sequences(
         [len(t[0]) for t in patch_targets] != counts or any(len(t) not in (3, 4) for t in patch_targets)
     ):
         raise ValueError(
-            "patch_targets must hold one (K_b,) label triple (or triple + owners) per row, K_b its image tokens"
+            "patch_targets must hold one (K_b,) label triple (or triple + count units) per row, K_b its image tokens"
         )
     rows = []
     # (row, query position, kept-patch mask, kept-patch share or None)
@@ -352,18 +379,19 @@ def _grounding(
         return []
     named = mentions[0]
     mask = shape_of == 1 + _SHAPE_INDEX[named.shape]
-    if sample.task == "count" and len(targets) == 4 and mask.any():
-        return [(len(prompt_ids) - 1, mask, _instance_share(targets[3], mask))]
+    if sample.task == "count" and len(targets) == 4 and (mask & (targets[3] > 0)).any():
+        share = _instance_share(targets[3], mask & (targets[3] > 0))
+        return [(len(prompt_ids) - 1, share > 0, share)]
     if named.color is not None and sample.answer == "Yes":
         mask &= color_of == 1 + _COLOR_INDEX[named.color]
     return [(len(prompt_ids) - 1, mask, None)] if mask.any() else []
 
 
-def _instance_share(owners: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(K,) share of attention per kept patch for a count query: each of the n instances owning
-    patches in ``mask`` gets 1 / (n + 1), spread evenly over its patches (``<s>`` takes the rest)."""
-    ids, sizes = np.unique(owners[mask], return_counts=True)
-    share = np.zeros(len(owners), dtype=np.float32)
+def _instance_share(units: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(K,) share of attention per kept patch for a count query: each of the n instances with unit
+    patches in ``mask`` gets 1 / (n + 1), split evenly over them (``<s>`` takes the rest)."""
+    ids, sizes = np.unique(units[mask], return_counts=True)
+    share = np.zeros(len(units), dtype=np.float32)
     for owner, size in zip(ids, sizes, strict=True):
-        share[mask & (owners == owner)] = 1.0 / ((len(ids) + 1) * size)
+        share[mask & (units == owner)] = 1.0 / ((len(ids) + 1) * size)
     return share

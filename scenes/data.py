@@ -26,6 +26,7 @@ from scenes.vocab import IMAGE_TOKEN, PATCH_SIZE
 from scenes.vocabulary import COLORS, COMPLEXITIES, SHAPES, WORDS
 
 __all__ = [
+    "ANCHOR_RULES",
     "CLIP_MEAN",
     "CLIP_STD",
     "EVAL_SEED_BASE",
@@ -33,7 +34,7 @@ __all__ = [
     "PackedBatch",
     "VisionBatch",
     "pack_sequences",
-    "patch_centres",
+    "patch_anchors",
     "patch_labels",
     "patch_owners",
     "pixel_tensor",
@@ -119,18 +120,35 @@ def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return shape, color, word
 
 
-def patch_centres(scene: Scene) -> np.ndarray:
-    """One patch per object: (N,) bool in raster order, True at each object's *centre patch*.
+ANCHOR_RULES = ("first", "centre")
+"""Ways to pick one *anchor* patch per object (``patch_anchors``)."""
 
-    An object's centre patch is, of the patches it owns (``patch_owners``), the one nearest to its
-    centre; ties go to the first in raster order. Every object owning a patch has exactly one.
+
+def patch_anchors(scene: Scene, rule: str = "first") -> np.ndarray:
+    """One patch per object: (N,) bool in raster order, True at each object's *anchor patch*.
+
+    Of the patches an object owns (``patch_owners``), its anchor is, with ``rule``:
+
+    - ``"first"``: the first in raster order (its top row's leftmost patch). Telling it from its
+      neighbours needs only the patches next to it: the ones above and to its left are not the
+      object's.
+    - ``"centre"``: the one nearest to the object's centre (ties: first in raster order), which
+      needs the whole object in view. A tower trained to mark it (``scenes.train``) found it on 83 %
+      of small objects but 43 % of medium and 7 % of large ones.
+
+    Every object owning a patch has exactly one anchor.
     """
+    if rule not in ANCHOR_RULES:
+        raise ValueError(f"unknown anchor rule {rule!r}; expected one of {ANCHOR_RULES}")
     owners = patch_owners(scene)
     side = scene.label_map.shape[0] // PATCH_SIZE
     flags = np.zeros(len(owners), dtype=bool)
     for index, obj in enumerate(scene.objects, start=1):
         mine = np.flatnonzero(owners == index)
         if not len(mine):
+            continue
+        if rule == "first":
+            flags[mine[0]] = True
             continue
         rows, cols = np.divmod(mine, side)
         cx, cy = obj.center
@@ -181,7 +199,7 @@ class VisionBatch:
         presence: (B, S*K + S) multi-hot: (shape, colour) pairs then shapes.
         word: (B,) 0 no word, 1 + word index.
         patch_shape, patch_color, patch_word: (B, N) per-patch class targets.
-        patch_centre: (B, N) bool, each object's centre patch (``patch_centres``).
+        patch_anchor: (B, N) bool, each object's anchor patch (``patch_anchors``).
     """
 
     pixels: torch.Tensor
@@ -190,11 +208,11 @@ class VisionBatch:
     patch_shape: torch.Tensor
     patch_color: torch.Tensor
     patch_word: torch.Tensor
-    patch_centre: torch.Tensor
+    patch_anchor: torch.Tensor
 
 
-def vision_batch(scenes: Sequence[Scene]) -> VisionBatch:
-    """Stack the stage-1 targets of ``scenes``."""
+def vision_batch(scenes: Sequence[Scene], anchor_rule: str = "first") -> VisionBatch:
+    """Stack the stage-1 targets of ``scenes`` (anchors by ``anchor_rule``, see ``patch_anchors``)."""
     n_pairs = len(SHAPES) * len(COLORS)
     presence = torch.zeros(len(scenes), n_pairs + len(SHAPES))
     word = torch.zeros(len(scenes), dtype=torch.long)
@@ -213,7 +231,7 @@ def vision_batch(scenes: Sequence[Scene]) -> VisionBatch:
         patch_shape=torch.from_numpy(np.stack([lab[0] for lab in labels])),
         patch_color=torch.from_numpy(np.stack([lab[1] for lab in labels])),
         patch_word=torch.from_numpy(np.stack([lab[2] for lab in labels])),
-        patch_centre=torch.from_numpy(np.stack([patch_centres(s) for s in scenes])),
+        patch_anchor=torch.from_numpy(np.stack([patch_anchors(s, anchor_rule) for s in scenes])),
     )
 
 
@@ -271,7 +289,7 @@ def pack_sequences(
 
     A row's targets may carry a fourth array of *count units* over its kept patches: the owning
     object's number (as in ``patch_owners``) on the patches a count should look at, 0 elsewhere;
-    ``patch_owners`` itself (every patch of an instance) or its values on ``patch_centres`` only
+    ``patch_owners`` itself (every patch of an instance) or its values on ``patch_anchors`` only
     (one patch per instance). Then a count question whose shape is present becomes a *share*
     query: the head must give ``<s>`` and each of the n instances of the shape an equal share of
     its attention (``ground_share``), an instance's share split evenly over its unit patches, so

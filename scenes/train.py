@@ -47,10 +47,11 @@ from torch import nn
 from tqdm import tqdm
 
 from scenes.data import (
+    ANCHOR_RULES,
     PackedBatch,
     VisionBatch,
     pack_sequences,
-    patch_centres,
+    patch_anchors,
     patch_labels,
     patch_owners,
     pixel_tensor,
@@ -95,20 +96,22 @@ class TrainConfig:
             shape questions from any object's patches (the attention of a 3000-step run went to
             objects but not to the named one), so colour stayed at 0.50 and wrong-colour
             questions got "Yes" 99 % of the time.
-        centre_weight: weight of a stage-1 per-patch target, "is this object patch its object's
-            centre patch" (``scenes.data.patch_centres``), so that the tower marks one patch per
-            instance for ``count_share="centres"``. 0 (off) in the shipped recipe.
-        count_share: None (the shipped recipe), ``"instances"`` or ``"centres"``: on images that
+        anchor_weight: weight of a stage-1 per-patch target, "is this object patch its object's
+            anchor patch" (``scenes.data.patch_anchors``), so that the tower marks one patch per
+            instance for ``count_share="anchors"``. 0 (off) in the shipped recipe.
+        anchor_rule: which patch is an object's anchor (``scenes.data.ANCHOR_RULES``).
+        count_share: None (the shipped recipe), ``"instances"`` or ``"anchors"``: on images that
             keep all their tokens, ground count questions with a share target instead
             (``scenes.data.pack_sequences``): ``<s>`` and every instance of the named shape get
             an equal share of the head's attention, spread over the instance's patches or put on
-            its centre patch, so the count is in what the head reads. With the plain mass target
+            its anchor patch, so the count is in what the head reads. With the plain mass target
             the model counts by the shape's area: 44 % right on two objects and 10 % on three
             (counting 0.73 on 500 held-out scenes). ``"instances"`` did not help (0.726 with the
             shipped tower; head 0 gave ``<s>`` 0.34 of its attention for one object and 0.27 for
             two, against 0.50 and 0.33 asked): the share of an instance's patches depends on its
-            area, which the head cannot read. ``"centres"`` needs a tower that marks centres: the
-            shipped one does not (an MLP probe on its patches finds them with precision 0.35).
+            area, which the head cannot read. ``"anchors"`` needs a tower that marks anchors: the
+            shipped one does not (an MLP probe on its patches finds centre patches with precision
+            0.35), and one trained to mark centres missed them on large objects (``patch_anchors``).
         sincos_init: initialise the tower's position embeddings with ``sincos_positions``.
         warmup: fraction of each stage's steps with linear warm-up (then cosine decay).
         checkpoint_every: steps between checkpoints.
@@ -126,7 +129,8 @@ class TrainConfig:
     sample_weighting: bool = True
     drop_prob: float = 0.5
     ground_weight: float = 0.5
-    centre_weight: float = 0.0
+    anchor_weight: float = 0.0
+    anchor_rule: str = "first"
     count_share: str | None = None
     sincos_init: bool = True
     warmup: float = 0.05
@@ -155,17 +159,17 @@ SMOKE = TrainConfig(
 
 class VisionHeads(nn.Module):
     """Stage-1 probes: presence/word from [CLS], shape/colour/word class per patch, and with
-    ``centre_weight`` > 0 whether an object patch is its object's centre patch."""
+    ``anchor_weight`` > 0 whether an object patch is its object's anchor patch."""
 
-    def __init__(self, width: int, centre_weight: float = 0.0) -> None:
+    def __init__(self, width: int, anchor_weight: float = 0.0) -> None:
         super().__init__()
-        self.centre_weight = centre_weight
+        self.anchor_weight = anchor_weight
         n_presence = len(SHAPES) * len(COLORS) + len(SHAPES)
         self.presence = nn.Linear(width, n_presence)
         self.pooled_presence = nn.Linear(width, n_presence)
         self.word = nn.Linear(width, 1 + len(WORDS))
         self.patch = nn.Linear(width, (1 + len(SHAPES)) + (1 + len(COLORS)) + (1 + len(WORDS)))
-        self.centre = nn.Linear(width, 1) if centre_weight > 0 else None
+        self.anchor = nn.Linear(width, 1) if anchor_weight > 0 else None
 
     def loss(self, feature: torch.Tensor, pooled: torch.Tensor, batch: VisionBatch) -> dict[str, torch.Tensor]:
         """Losses from feature-layer states (B, 1 + N, C) and the pooled last-layer [CLS] (B, C)."""
@@ -185,19 +189,19 @@ class VisionHeads(nn.Module):
             "patch_shape": _masked_ce(shape_logits, batch.patch_shape, batch.patch_shape > 0),
             "patch_word": _masked_ce(word_logits, batch.patch_word, batch.patch_word > 0),
         }
-        if self.centre is not None:
-            losses["patch_centre"] = self.centre_weight * _centre_loss(self.centre(patches)[..., 0], batch)
+        if self.anchor is not None:
+            losses["patch_anchor"] = self.anchor_weight * _anchor_loss(self.anchor(patches)[..., 0], batch)
         return losses
 
 
-def _centre_loss(logits: torch.Tensor, batch: VisionBatch) -> torch.Tensor:
-    """Balanced binary cross-entropy of (B, N) centre logits over object patches: the centre and
-    the other patches of the objects weigh half each, as centres are about one patch in ten."""
+def _anchor_loss(logits: torch.Tensor, batch: VisionBatch) -> torch.Tensor:
+    """Balanced binary cross-entropy of (B, N) anchor logits over object patches: the anchors and
+    the other patches of the objects weigh half each, as anchors are about one patch in ten."""
     objects = batch.patch_shape > 0  # (B, N)
-    target = batch.patch_centre.float()
+    target = batch.patch_anchor.float()
     losses = nnf.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, N)
-    centre, rest = objects & batch.patch_centre, objects & ~batch.patch_centre
-    return 0.5 * (losses[centre].mean() if centre.any() else 0.0) + 0.5 * (losses[rest].mean() if rest.any() else 0.0)
+    anchor, rest = objects & batch.patch_anchor, objects & ~batch.patch_anchor
+    return 0.5 * (losses[anchor].mean() if anchor.any() else 0.0) + 0.5 * (losses[rest].mean() if rest.any() else 0.0)
 
 
 def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -404,10 +408,12 @@ def train(
     same ones is bit for bit what stage 1 would make, and a stage-2 change need not redo it.
     Returns ``{"history", "wall_time_s", "done"}``.
     """
-    if cfg.count_share not in (None, "instances", "centres"):
-        raise ValueError(f"count_share must be None, 'instances' or 'centres', got {cfg.count_share!r}")
-    if cfg.centre_weight < 0:
-        raise ValueError(f"centre_weight must be >= 0, got {cfg.centre_weight}")
+    if cfg.count_share not in (None, "instances", "anchors"):
+        raise ValueError(f"count_share must be None, 'instances' or 'anchors', got {cfg.count_share!r}")
+    if cfg.anchor_rule not in ANCHOR_RULES:
+        raise ValueError(f"anchor_rule must be one of {ANCHOR_RULES}, got {cfg.anchor_rule!r}")
+    if cfg.anchor_weight < 0:
+        raise ValueError(f"anchor_weight must be >= 0, got {cfg.anchor_weight}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     tokenizer = build_tokenizer()
@@ -415,7 +421,7 @@ def train(
     model = build_model(cfg.model, tokenizer, seed=cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
-        heads = VisionHeads(cfg.model.vision_hidden, cfg.centre_weight)
+        heads = VisionHeads(cfg.model.vision_hidden, cfg.anchor_weight)
     state = {"stage": 1, "step": 0, "history": [], "elapsed": 0.0}
     opt_state = None
     if resume and ckpt_path.exists():
@@ -517,8 +523,8 @@ def train(
             labels = patch_labels(scene)
             if cfg.count_share is not None and len(keep) == rows * cols:
                 units = patch_owners(scene)  # count questions become share queries
-                if cfg.count_share == "centres":
-                    units = np.where(patch_centres(scene), units, 0)
+                if cfg.count_share == "anchors":
+                    units = np.where(patch_anchors(scene, cfg.anchor_rule), units, 0)
                 labels = (*labels, units)
             targets.append(tuple(part[keep] for part in labels))
         batch = pack_sequences(tokenizer, sample_lists, [len(k) for k in kept], targets)
@@ -575,8 +581,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="steps of each stage (a short run)")
     parser.add_argument("--vision-steps", type=int, default=None)
     parser.add_argument("--text-steps", type=int, default=None)
-    parser.add_argument("--centre-weight", type=float, default=None, help="stage-1 centre target (experiment)")
-    parser.add_argument("--count-share", choices=("instances", "centres"), default=None, help="(experiment)")
+    parser.add_argument("--anchor-weight", type=float, default=None, help="stage-1 anchor target (experiment)")
+    parser.add_argument("--anchor-rule", choices=ANCHOR_RULES, default=None, help="(experiment)")
+    parser.add_argument("--count-share", choices=("instances", "anchors"), default=None, help="(experiment)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps (resumable)")
     parser.add_argument("--no-progress", action="store_true")
@@ -593,8 +600,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = replace(cfg, vision_steps=args.vision_steps)
     if args.text_steps is not None:
         cfg = replace(cfg, text_steps=args.text_steps)
-    if args.centre_weight is not None:
-        cfg = replace(cfg, centre_weight=args.centre_weight)
+    if args.anchor_weight is not None:
+        cfg = replace(cfg, anchor_weight=args.anchor_weight)
+    if args.anchor_rule is not None:
+        cfg = replace(cfg, anchor_rule=args.anchor_rule)
     if args.count_share is not None:
         cfg = replace(cfg, count_share=args.count_share)
     return train(

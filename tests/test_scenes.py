@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scenes import COLORS, COMPLEXITIES, SHAPES, SIZES, generate_scene
-from scenes.data import EVAL_SEED_BASE, PATCH_SIZE, patch_centres, patch_labels, patch_owners, training_scene
+from scenes.data import EVAL_SEED_BASE, PATCH_SIZE, patch_anchors, patch_labels, patch_owners, training_scene
 from scenes.generate import MIN_GAP, TEXT_ID, pattern_color
 from scenes.tasks import (
     CAPTION_PROMPT,
@@ -103,20 +103,28 @@ def test_patch_labels_follow_objects():
 
 
 @pytest.mark.parametrize("level", ["simple", "medium", "complex"])
-def test_every_object_has_one_centre_patch_nearest_its_centre(level):
+def test_every_object_has_one_anchor_patch_of_each_rule(level):
+    side = IMAGE_SIZE // PATCH_SIZE
     for seed in range(6):
         scene = generate_scene(seed, level)
-        owners, centres = patch_owners(scene), patch_centres(scene)
-        assert centres.sum() == len(scene.objects)
+        owners = patch_owners(scene)
+        firsts, centres = patch_anchors(scene, "first"), patch_anchors(scene, "centre")
+        assert firsts.sum() == centres.sum() == len(scene.objects)
         for index, obj in enumerate(scene.objects, start=1):
-            (mine,) = np.flatnonzero(centres & (owners == index))  # exactly one, owned by the object
-            row, col = divmod(int(mine), IMAGE_SIZE // PATCH_SIZE)
-            cx, cy = obj.center
+            mine = np.flatnonzero(owners == index)
+            (first,) = np.flatnonzero(firsts & (owners == index))  # exactly one, owned by the object
+            assert first == mine.min()  # the first of its patches in raster order
+            row, col = divmod(int(first), side)
+            assert row == (mine // side).min() and not (owners[row * side : first] == index).any()
+            (mid,) = np.flatnonzero(centres & (owners == index))
+            row, col = divmod(int(mid), side)
             # the object's centre lies in that patch or, when the patch there is not the object's
             # (a star's centre is inside it, a moon's need not be), within half a radius of it
             centre = np.array([(col + 0.5) * PATCH_SIZE, (row + 0.5) * PATCH_SIZE])
-            assert np.hypot(*(centre - (cx, cy))) <= max(PATCH_SIZE, obj.radius / 2 + PATCH_SIZE / 2), obj
-    assert not patch_centres(generate_scene(0, "text")).any()
+            assert np.hypot(*(centre - obj.center)) <= max(PATCH_SIZE, obj.radius / 2 + PATCH_SIZE / 2), obj
+    assert not patch_anchors(generate_scene(0, "text")).any()
+    with pytest.raises(ValueError, match="anchor rule"):
+        patch_anchors(scene, "middle")
 
 
 def test_training_and_eval_seeds_are_disjoint():

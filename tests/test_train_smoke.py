@@ -15,7 +15,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from scenes.data import (
     pack_sequences,
-    patch_centres,
+    patch_anchors,
     patch_labels,
     patch_owners,
     pixel_tensor,
@@ -29,8 +29,8 @@ from scenes.model import build_model
 from scenes.tasks import Sample, color_prompt, count_prompt, existence_prompt, make_samples
 from scenes.train import (
     SMOKE,
+    _anchor_loss,
     _AttentionInputs,
-    _centre_loss,
     _grounding_loss,
     _head_attention,
     _text_loss,
@@ -290,57 +290,68 @@ def test_count_questions_ask_for_an_equal_share_per_instance():
     assert not batch.ground_share[:, prefix + 576 :].any()
 
 
-def test_count_units_on_centres_put_one_share_on_each_centre_patch():
+def test_count_units_on_anchors_put_one_share_on_each_anchor_patch():
     tokenizer = build_tokenizer()
     prefix = len(tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"])
     scene = _complex_scene()
     shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
     n = scene.count(shape)
     owners = patch_owners(scene)
-    units = np.where(patch_centres(scene), owners, 0)
+    units = np.where(patch_anchors(scene), owners, 0)
     sample = Sample("count", count_prompt(shape), str(n))
     batch = pack_sequences(tokenizer, [[sample]], 576, [(*patch_labels(scene), units)])
     patches = batch.ground_share[0, prefix : prefix + 576].numpy()
     mine = [i + 1 for i, o in enumerate(scene.objects) if o.shape == shape]
-    assert np.flatnonzero(patches).tolist() == np.flatnonzero(patch_centres(scene) & np.isin(owners, mine)).tolist()
+    assert np.flatnonzero(patches).tolist() == np.flatnonzero(patch_anchors(scene) & np.isin(owners, mine)).tolist()
     assert np.allclose(patches[patches > 0], 1 / (n + 1))
     assert float(batch.ground_share[0, 0]) == pytest.approx(1 / (n + 1))
     assert torch.equal(batch.ground_mask[0], batch.ground_share[0] > 0)
-    # a kept subset without the shape's centres falls back to the plain target: the shape's patches
-    keep = np.flatnonzero(~patch_centres(scene))
+    # a kept subset without the shape's anchors falls back to the plain target: the shape's patches
+    keep = np.flatnonzero(~patch_anchors(scene))
     cut = tuple(part[keep] for part in (*patch_labels(scene), units))
     plain = pack_sequences(tokenizer, [[sample]], len(keep), [cut])
     assert not plain.ground_share.any()
     assert np.array_equal(plain.ground_mask[0, prefix : prefix + len(keep)].numpy(), np.isin(owners[keep], mine))
 
 
-def test_centre_loss_weighs_centres_and_the_rest_of_the_objects_equally():
+def test_anchor_loss_weighs_anchors_and_the_rest_of_the_objects_equally():
     scene = _complex_scene()
     batch = vision_batch([scene])
-    objects, centre = batch.patch_shape > 0, batch.patch_centre
-    assert centre.sum() == len(scene.objects) and not (centre & ~objects).any()
-    logits = torch.where(centre, 5.0, -5.0)
-    assert float(_centre_loss(logits, batch)) < 0.01  # right everywhere on object patches
+    objects, anchor = batch.patch_shape > 0, batch.patch_anchor
+    assert anchor.sum() == len(scene.objects) and not (anchor & ~objects).any()
+    logits = torch.where(anchor, 5.0, -5.0)
+    assert float(_anchor_loss(logits, batch)) < 0.01  # right everywhere on object patches
     logits = logits.masked_fill(~objects, 5.0)  # background is not scored
-    assert float(_centre_loss(logits, batch)) < 0.01
-    # all centres missed: half the loss weight is on them, whatever their number
+    assert float(_anchor_loss(logits, batch)) < 0.01
+    # all anchors missed: half the loss weight is on them, whatever their number
     softplus5 = float(np.log1p(np.exp(5.0)))  # −log sigmoid(−5)
     expected = 0.5 * softplus5 + 0.5 * float(np.log1p(np.exp(-5.0)))
-    assert float(_centre_loss(torch.full_like(logits, -5.0), batch)) == pytest.approx(expected, rel=1e-4)
+    assert float(_anchor_loss(torch.full_like(logits, -5.0), batch)) == pytest.approx(expected, rel=1e-4)
 
 
-def test_count_share_and_centre_weight_are_checked(tmp_path):
-    for bad in (dataclasses.replace(SMOKE, count_share="area"), dataclasses.replace(SMOKE, centre_weight=-1.0)):
-        with pytest.raises(ValueError, match="count_share|centre_weight"):
+def test_count_share_and_anchor_settings_are_checked(tmp_path):
+    for bad in (
+        dataclasses.replace(SMOKE, count_share="area"),
+        dataclasses.replace(SMOKE, anchor_weight=-1.0),
+        dataclasses.replace(SMOKE, anchor_rule="middle"),
+    ):
+        with pytest.raises(ValueError, match="count_share|anchor_weight|anchor_rule"):
             train(bad, tmp_path / "m", tmp_path / "run", progress=False)
 
 
-def test_centre_target_and_centre_shares_train(tmp_path):
+@pytest.mark.parametrize("rule", ["first", "centre"])
+def test_anchor_target_and_anchor_shares_train(tmp_path, rule):
     cfg = dataclasses.replace(
-        SMOKE, vision_steps=3, text_steps=3, centre_weight=1.0, count_share="centres", checkpoint_every=100
+        SMOKE,
+        vision_steps=3,
+        text_steps=3,
+        anchor_weight=1.0,
+        anchor_rule=rule,
+        count_share="anchors",
+        checkpoint_every=100,
     )
     result = train(cfg, tmp_path / "m", tmp_path / "run", progress=False)
-    assert all("patch_centre" in r for r in result["history"] if r["stage"] == 1)
+    assert all("patch_anchor" in r for r in result["history"] if r["stage"] == 1)
     assert all(np.isfinite(r["loss"]) for r in result["history"])
 
 

@@ -130,11 +130,14 @@ def patch_anchors(scene: Scene, rule: str = "first") -> np.ndarray:
     Of the patches an object owns (``patch_owners``), its anchor is, with ``rule``:
 
     - ``"first"``: the first in raster order (its top row's leftmost patch). Telling it from its
-      neighbours needs only the patches next to it: the ones above and to its left are not the
-      object's.
+      neighbours needs only the patches near it: none above it or to its left is the object's.
     - ``"centre"``: the one nearest to the object's centre (ties: first in raster order), which
-      needs the whole object in view. A tower trained to mark it (``scenes.train``) found it on 83 %
-      of small objects but 43 % of medium and 7 % of large ones.
+      needs the whole object in view.
+
+    A tower trained to mark anchors (``scenes.train.TrainConfig.anchor_weight``) made a small,
+    medium or large object's highest-scoring patch its anchor 93 / 77 / 64 % of the time with
+    ``"first"`` after 1500 steps (87 / 72 / 55 % after 500), and 83 / 43 / 7 % with ``"centre"``
+    after 800 (200 held-out scenes).
 
     Every object owning a patch has exactly one anchor.
     """

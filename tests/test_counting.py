@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 from scenes.counting import anchor_accuracy, count_attention, count_confusion, main
 from scenes.evaluate import eval_scenes
@@ -14,13 +13,7 @@ from scenes.model import build_model
 from scenes.train import SMOKE, train
 from scenes.vocab import build_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _answer(truth, prediction, n_objects=3, task="count"):

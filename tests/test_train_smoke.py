@@ -40,13 +40,7 @@ from scenes.train import (
 from scenes.vocab import build_processor, build_tokenizer
 from scenes.vocabulary import COUNT_WORDS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_smoke_run_loss_falls_and_model_loads_offline(tmp_path):

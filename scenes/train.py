@@ -116,6 +116,10 @@ class TrainConfig:
             0.791 on 500 held-out scenes (two objects 49/75 right, from 33/75) and colour to 1.000,
             but wrong-colour questions got "Yes" 99.7 % of the time (0.36 shipped): head 0 serves
             every grounding query, and its ``<s>`` share leaks into existence questions.
+        count_head: which attention head of the supervised decoder layers the count share queries
+            supervise (``_grounding_loss``). 0 shares head 0 with the other grounding queries; any
+            other head leaves head 0's mass targets to colour and existence questions alone and
+            asks the share of that head only.
         sincos_init: initialise the tower's position embeddings with ``sincos_positions``.
         warmup: fraction of each stage's steps with linear warm-up (then cosine decay).
         checkpoint_every: steps between checkpoints.
@@ -136,6 +140,7 @@ class TrainConfig:
     anchor_weight: float = 0.0
     anchor_rule: str = "first"
     count_share: str | None = None
+    count_head: int = 0
     sincos_init: bool = True
     warmup: float = 0.05
     checkpoint_every: int = 100
@@ -251,11 +256,13 @@ def _text_loss(
     *,
     sample_weighting: bool = False,
     ground_weight: float = 0.0,
+    count_head: int = 0,
     parts: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Answer-token cross-entropy of a packed batch: the token mean, or with ``sample_weighting`` the
     mean over samples of each sample's token mean; plus ``ground_weight`` times the grounding loss
-    (``_grounding_loss``) when the batch has grounding queries.
+    (``_grounding_loss``) when the batch has grounding queries; count share queries supervise head
+    ``count_head``.
 
     ``features`` are the kept feature-layer patch states of all rows concatenated, (T, C) with T the
     number of image tokens in ``batch`` (row by row, raster order within a row). ``parts``, when
@@ -283,7 +290,12 @@ def _text_loss(
         parts["text"] = loss.item()
     if grounded:
         probs = [_head_attention(m, *taps.inputs[i], batch) for i, m in enumerate(supervised)]
-        ground = _grounding_loss(probs, batch)
+        count_probs = None
+        if count_head != 0 and bool((batch.ground_share.sum(-1) > 0).any()):
+            count_probs = [
+                _head_attention(m, *taps.inputs[i], batch, head=count_head) for i, m in enumerate(supervised)
+            ]
+        ground = _grounding_loss(probs, batch, count_probs)
         loss = loss + ground_weight * ground
         if parts is not None:
             parts["ground"] = ground.item()
@@ -347,9 +359,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _grounding_loss(probs: Sequence[torch.Tensor], batch: PackedBatch) -> torch.Tensor:
-    """Mean over grounding queries and supervised heads of each query's grounding loss; ``probs``
-    holds each head's (G, L) probabilities.
+def _grounding_loss(
+    probs: Sequence[torch.Tensor],
+    batch: PackedBatch,
+    count_probs: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Mean over grounding queries and supervised layers of each query's grounding loss; ``probs``
+    holds each layer's supervised head's (G, L) probabilities, and ``count_probs`` (when given,
+    one per layer too) those of the head the count queries supervise instead.
 
     A plain query's loss is −log(the attention mass the head puts on its target patches): it does
     not vanish when a head is confidently wrong, since its gradient on the target logits is the
@@ -365,9 +382,12 @@ def _grounding_loss(probs: Sequence[torch.Tensor], batch: PackedBatch) -> torch.
     counted = share.sum(-1) > 0  # (G,)
     entropy = torch.where(share > 0, share * torch.log(share.clamp(min=1e-12)), 0.0).sum(-1)  # (G,)
     losses = []
-    for p in probs:
+    if count_probs is not None and len(count_probs) != len(probs):
+        raise ValueError(f"count_probs has {len(count_probs)} layers, probs {len(probs)}")
+    for i, p in enumerate(probs):
         mass = -torch.log((p * batch.ground_mask).sum(-1) + 1e-6)  # (G,)
-        kl = entropy - (share * torch.log(p + 1e-6)).sum(-1)  # (G,)
+        c = p if count_probs is None else count_probs[i]
+        kl = entropy - (share * torch.log(c + 1e-6)).sum(-1)  # (G,)
         losses.append(torch.where(counted, kl, mass).mean())
     return torch.stack(losses).mean()
 
@@ -418,6 +438,8 @@ def train(
         raise ValueError(f"anchor_rule must be one of {ANCHOR_RULES}, got {cfg.anchor_rule!r}")
     if cfg.anchor_weight < 0:
         raise ValueError(f"anchor_weight must be >= 0, got {cfg.anchor_weight}")
+    if not 0 <= cfg.count_head < cfg.model.text_heads:
+        raise ValueError(f"count_head must be in [0, {cfg.model.text_heads}), got {cfg.count_head}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     tokenizer = build_tokenizer()
@@ -541,6 +563,7 @@ def train(
             batch,
             sample_weighting=cfg.sample_weighting,
             ground_weight=cfg.ground_weight,
+            count_head=cfg.count_head,
             parts=parts,
         )
         optimizer.zero_grad(set_to_none=True)
@@ -588,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--anchor-weight", type=float, default=None, help="stage-1 anchor target (experiment)")
     parser.add_argument("--anchor-rule", choices=ANCHOR_RULES, default=None, help="(experiment)")
     parser.add_argument("--count-share", choices=("instances", "anchors"), default=None, help="(experiment)")
+    parser.add_argument("--count-head", type=int, default=None, help="head of the count shares (experiment)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps (resumable)")
     parser.add_argument("--no-progress", action="store_true")
@@ -610,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = replace(cfg, anchor_rule=args.anchor_rule)
     if args.count_share is not None:
         cfg = replace(cfg, count_share=args.count_share)
+    if args.count_head is not None:
+        cfg = replace(cfg, count_head=args.count_head)
     return train(
         cfg,
         args.out,

@@ -328,8 +328,10 @@ def test_count_share_and_anchor_settings_are_checked(tmp_path):
         dataclasses.replace(SMOKE, count_share="area"),
         dataclasses.replace(SMOKE, anchor_weight=-1.0),
         dataclasses.replace(SMOKE, anchor_rule="middle"),
+        dataclasses.replace(SMOKE, count_head=-1),
+        dataclasses.replace(SMOKE, count_head=SMOKE.model.text_heads),
     ):
-        with pytest.raises(ValueError, match="count_share|anchor_weight|anchor_rule"):
+        with pytest.raises(ValueError, match="count_share|anchor_weight|anchor_rule|count_head"):
             train(bad, tmp_path / "m", tmp_path / "run", progress=False)
 
 
@@ -371,6 +373,55 @@ def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
     assert kl > 0.05
     # two heads: the mean over heads
     assert float(_grounding_loss([exact, lopsided], batch)) == pytest.approx(kl / 4, rel=1e-3, abs=1e-4)
+
+
+def test_count_queries_can_supervise_a_head_of_their_own():
+    tokenizer = build_tokenizer()
+    scene = _complex_scene()
+    shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
+    obj = next(o for o in scene.objects if o.shape == shape)
+    samples = [
+        Sample("count", count_prompt(shape), str(scene.count(shape))),
+        Sample("color", color_prompt(shape), obj.color),
+    ]
+    batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
+    share, mask = batch.ground_share, batch.ground_mask
+    exact = torch.stack([share[0], mask[1] / mask[1].sum()])
+    uniform = torch.full_like(exact, 1.0 / exact.shape[1])
+    # the count query reads the count head only, the colour query head 0 only
+    assert float(_grounding_loss([uniform.clone()], batch, [exact])) > 0.5
+    mixed = torch.stack([uniform[0], exact[1]])
+    assert float(_grounding_loss([mixed], batch, [exact])) == pytest.approx(0.0, abs=1e-4)
+    assert float(_grounding_loss([mixed], batch)) > 0.5
+    with pytest.raises(ValueError, match="layers"):
+        _grounding_loss([mixed, mixed], batch, [exact])
+
+
+@pytest.mark.parametrize("count_head", [0, 1])
+def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
+    import scenes.train
+
+    grounding = []  # the grounding term _text_loss adds, to differentiate it alone
+    original = scenes.train._grounding_loss
+    monkeypatch.setattr(scenes.train, "_grounding_loss", lambda *a: grounding.append(original(*a)) or grounding[-1])
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    cfg = dataclasses.replace(SMOKE.model, text_layers=2)
+    model = build_model(cfg, tokenizer, seed=0)
+    scene = _complex_scene()
+    shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
+    samples = [Sample("count", count_prompt(shape), str(scene.count(shape)))]
+    batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
+    assert batch.ground_share.sum() > 0
+    features = torch.randn(576, cfg.vision_hidden)
+    _text_loss(model, features, batch, ground_weight=1.0, count_head=count_head)
+    attn = model.model.language_model.layers[1].self_attn
+    (q,) = torch.autograd.grad(grounding[0], attn.q_proj.weight)
+    d = model.model.language_model.layers[1].self_attn.head_dim
+    per_head = [float(q[h * d : (h + 1) * d].abs().sum()) for h in range(cfg.text_heads)]
+    # only the supervised head's query rows of the supervised layer get a grounding gradient
+    assert per_head[count_head] > 0
+    assert all(g == 0 for h, g in enumerate(per_head) if h != count_head)
 
 
 def test_caption_grounding_points_each_group_phrase_at_its_group():

@@ -5,9 +5,10 @@ behind each attempt at it (``scenes.train.TrainConfig``'s ``count_share`` and ``
 
 - ``confusion``: what the model answers to "How many {shape}s are there?" per true count, from
   the answers ``python -m scenes.evaluate --json`` wrote.
-- ``attention``: where head 0 of each supervised decoder layer looks from the token that predicts
-  a count, per true count: its attention on ``<s>`` and on the named shape's patches. A share
-  target asks for 1 / (n + 1) on ``<s>``.
+- ``attention``: where one head (``--head``, default 0) of each supervised decoder layer looks
+  from the token that predicts a count, per true count: its attention on ``<s>`` and on the named
+  shape's patches. A share target asks for 1 / (n + 1) on ``<s>`` (of head
+  ``TrainConfig.count_head``).
 - ``anchors``: how well a stage-1 tower trained with an anchor target marks one patch per object:
   per complexity level, how often the patch its anchor head scores highest within an object is
   that object's anchor (``scenes.data.patch_anchors``). Reads a stage-1 checkpoint
@@ -61,8 +62,9 @@ def count_attention(
     tokenizer: PreTrainedTokenizerFast,
     scenes: Sequence[Scene],
     max_objects: int = COUNT_LIMIT,
+    head: int = 0,
 ) -> dict[tuple[int, int], dict[str, float]]:
-    """Head 0's attention at each count question's answer-predicting token, all tokens kept.
+    """One head's attention at each count question's answer-predicting token, all tokens kept.
 
     One question per shape present in each scene with at most ``max_objects`` objects. Returns
     ``{(layer, n): {"questions", "sink", "shape"}}``: the mean attention on ``<s>`` and on the
@@ -71,6 +73,9 @@ def count_attention(
     layers = model.model.language_model.layers
     supervised = [layer.self_attn for layer in (layers[1:] or layers)]
     first = len(layers) - len(supervised)
+    heads = model.config.text_config.num_attention_heads
+    if not 0 <= head < heads:
+        raise ValueError(f"head must be in [0, {heads}), got {head}")
     sums: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for scene in scenes:
         if not scene.objects or len(scene.objects) > max_objects:
@@ -91,7 +96,7 @@ def count_attention(
                     inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
                 )
             for i, attn in enumerate(supervised):
-                p = _head_attention(attn, *taps.inputs[i], batch)[0]  # (L,)
+                p = _head_attention(attn, *taps.inputs[i], batch, head=head)[0]  # (L,)
                 row = sums[(first + i, min(n, 4))]
                 row[0] += 1
                 row[1] += float(p[0])
@@ -139,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sub = parser.add_subparsers(dest="command", required=True)
     conf = sub.add_parser("confusion", help="predicted against true counts, from scenes.evaluate --json")
     conf.add_argument("answers", type=Path)
-    att = sub.add_parser("attention", help="head 0's attention at count questions")
+    att = sub.add_parser("attention", help="one head's attention at count questions")
+    att.add_argument("--head", type=int, default=0, help="attention head of the supervised layers")
     att.add_argument("--model", type=Path, default=Path("assets/models/prunelens-tiny-llava"))
     att.add_argument("--n", type=int, default=200, help="held-out scenes")
     anc = sub.add_parser("anchors", help="a stage-1 anchor head's accuracy per level")
@@ -160,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return table
     if args.command == "attention":
         model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
-        stats = count_attention(model, build_tokenizer(), eval_scenes(args.n))
+        stats = count_attention(model, build_tokenizer(), eval_scenes(args.n), head=args.head)
         for (layer, n), row in stats.items():
             print(
                 f"layer {layer} n={n}{'+' if n == 4 else ''}: {row['questions']:.0f} questions, "

@@ -54,6 +54,11 @@ def test_count_attention_is_a_distribution_per_count():
     for (_, n), row in stats.items():
         assert 1 <= n <= 4
         assert 0 < row["sink"] < 1 and 0 < row["shape"] < 1 and row["sink"] + row["shape"] <= 1 + 1e-6
+    other = count_attention(model, tokenizer, scenes, head=1)
+    assert other.keys() == stats.keys()
+    assert any(abs(other[k]["sink"] - stats[k]["sink"]) > 1e-4 for k in stats)  # another head's weights
+    with pytest.raises(ValueError, match="head"):
+        count_attention(model, tokenizer, scenes, head=SMOKE.model.text_heads)
 
 
 def test_anchor_accuracy_reads_a_stage_one_checkpoint(tmp_path):

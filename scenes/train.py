@@ -60,8 +60,9 @@ from scenes.data import (
     visible_scene,
     vision_batch,
 )
+from scenes.generate import Scene
 from scenes.model import ModelConfig, build_model, grid_size
-from scenes.tasks import make_samples
+from scenes.tasks import Sample, existence_prompt, make_samples
 from scenes.vocab import build_processor, build_tokenizer
 from scenes.vocabulary import COLORS, SHAPES, WORDS
 
@@ -120,6 +121,11 @@ class TrainConfig:
             supervise (``_grounding_loss``). 0 shares head 0 with the other grounding queries; any
             other head leaves head 0's mass targets to colour and existence questions alone and
             asks the share of that head only.
+        wrong_colour_questions: wrong-colour existence questions ("Is there a purple star?" when
+            the star is green; answer "No") per stage-2 scene. ``make_samples`` asks one, against
+            two coloured positives, so a model that cannot check the colour still gets two of
+            three right by answering "Yes"; each one above 1 is another, appended to the scene's
+            samples (``_wrong_colour_questions``).
         sincos_init: initialise the tower's position embeddings with ``sincos_positions``.
         warmup: fraction of each stage's steps with linear warm-up (then cosine decay).
         checkpoint_every: steps between checkpoints.
@@ -141,6 +147,7 @@ class TrainConfig:
     anchor_rule: str = "first"
     count_share: str | None = None
     count_head: int = 0
+    wrong_colour_questions: int = 1
     sincos_init: bool = True
     warmup: float = 0.05
     checkpoint_every: int = 100
@@ -392,6 +399,21 @@ def _grounding_loss(
     return torch.stack(losses).mean()
 
 
+def _wrong_colour_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Sample]:
+    """``n`` wrong-colour existence questions about ``scene`` (answer "No"): a shape present, drawn
+    uniformly over its objects, in a colour none of its objects has; none for a scene without
+    objects or a shape drawn in every colour."""
+    out = []
+    for _ in range(max(n, 0) if scene.objects else 0):
+        shape = scene.objects[int(rng.integers(len(scene.objects)))].shape
+        wrong = [c for c in COLORS if c not in {o.color for o in scene.objects if o.shape == shape}]
+        if wrong:
+            out.append(
+                Sample("exists", existence_prompt(shape, wrong[int(rng.integers(len(wrong)))]), "No", "attribute")
+            )
+    return out
+
+
 def _feature_states(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(feature-layer states (B, 1 + N, C), pooled last-layer [CLS] (B, C)) of the vision tower."""
     out = model.model.vision_tower(pixels, output_hidden_states=True)
@@ -438,6 +460,8 @@ def train(
         raise ValueError(f"anchor_rule must be one of {ANCHOR_RULES}, got {cfg.anchor_rule!r}")
     if cfg.anchor_weight < 0:
         raise ValueError(f"anchor_weight must be >= 0, got {cfg.anchor_weight}")
+    if cfg.wrong_colour_questions < 1:
+        raise ValueError(f"wrong_colour_questions must be >= 1, got {cfg.wrong_colour_questions}")
     if not 0 <= cfg.count_head < cfg.model.text_heads:
         raise ValueError(f"count_head must be in [0, {cfg.model.text_heads}), got {cfg.count_head}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -544,7 +568,8 @@ def train(
             samples = make_samples(view, rng)
             caption, rest = samples[0], samples[1:]
             order = rng.permutation(len(rest))[: cfg.max_samples - 1]
-            sample_lists.append([caption] + [rest[i] for i in order])
+            extra = _wrong_colour_questions(view, rng, cfg.wrong_colour_questions - 1)
+            sample_lists.append([caption] + [rest[i] for i in order] + extra)
             kept.append(feature[b, 1:][torch.from_numpy(keep)])  # (K_b, C)
             labels = patch_labels(scene)
             if cfg.count_share is not None and len(keep) == rows * cols:
@@ -612,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--anchor-rule", choices=ANCHOR_RULES, default=None, help="(experiment)")
     parser.add_argument("--count-share", choices=("instances", "anchors"), default=None, help="(experiment)")
     parser.add_argument("--count-head", type=int, default=None, help="head of the count shares (experiment)")
+    parser.add_argument("--wrong-colour-questions", type=int, default=None, help="per stage-2 scene (experiment)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps (resumable)")
     parser.add_argument("--no-progress", action="store_true")
@@ -636,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = replace(cfg, count_share=args.count_share)
     if args.count_head is not None:
         cfg = replace(cfg, count_head=args.count_head)
+    if args.wrong_colour_questions is not None:
+        cfg = replace(cfg, wrong_colour_questions=args.wrong_colour_questions)
     return train(
         cfg,
         args.out,

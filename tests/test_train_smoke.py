@@ -26,7 +26,7 @@ from scenes.data import (
 )
 from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
 from scenes.model import build_model
-from scenes.tasks import Sample, color_prompt, count_prompt, existence_prompt, make_samples
+from scenes.tasks import Sample, color_prompt, count_prompt, existence_prompt, make_samples, parse_objects
 from scenes.train import (
     SMOKE,
     _anchor_loss,
@@ -34,6 +34,7 @@ from scenes.train import (
     _grounding_loss,
     _head_attention,
     _text_loss,
+    _wrong_colour_questions,
     main,
     train,
 )
@@ -330,8 +331,9 @@ def test_count_share_and_anchor_settings_are_checked(tmp_path):
         dataclasses.replace(SMOKE, anchor_rule="middle"),
         dataclasses.replace(SMOKE, count_head=-1),
         dataclasses.replace(SMOKE, count_head=SMOKE.model.text_heads),
+        dataclasses.replace(SMOKE, wrong_colour_questions=0),
     ):
-        with pytest.raises(ValueError, match="count_share|anchor_weight|anchor_rule|count_head"):
+        with pytest.raises(ValueError, match="count_share|anchor_weight|anchor_rule|count_head|wrong_colour"):
             train(bad, tmp_path / "m", tmp_path / "run", progress=False)
 
 
@@ -422,6 +424,21 @@ def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
     # only the supervised head's query rows of the supervised layer get a grounding gradient
     assert per_head[count_head] > 0
     assert all(g == 0 for h, g in enumerate(per_head) if h != count_head)
+
+
+def test_extra_wrong_colour_questions_name_a_present_shape_in_a_colour_it_lacks():
+    scene = _complex_scene()
+    questions = _wrong_colour_questions(scene, np.random.default_rng(3), 40)
+    assert len(questions) == 40
+    for q in questions:
+        assert (q.task, q.answer, q.kind) == ("exists", "No", "attribute")
+        (named,) = parse_objects(q.prompt)
+        colours = {o.color for o in scene.objects if o.shape == named.shape}
+        assert colours and named.color not in colours
+    assert len({q.prompt for q in questions}) > 5  # drawn, not one question repeated
+    assert _wrong_colour_questions(scene, np.random.default_rng(3), 0) == []
+    empty = next(training_scene(s) for s in range(200) if not training_scene(s).objects)
+    assert _wrong_colour_questions(empty, np.random.default_rng(3), 4) == []
 
 
 def test_caption_grounding_points_each_group_phrase_at_its_group():

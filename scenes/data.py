@@ -275,6 +275,8 @@ def pack_sequences(
     sample_lists: Sequence[Sequence[Sample]],
     image_tokens: int | Sequence[int],
     patch_targets: Sequence[tuple[np.ndarray, ...]] | None = None,
+    *,
+    count_absent: bool = False,
 ) -> PackedBatch:
     """Pack one image prefix + its samples per row, following the chat template token for token.
 
@@ -298,7 +300,9 @@ def pack_sequences(
     its attention (``ground_share``), an instance's share split evenly over its unit patches, so
     what it reads mixes ``<s>`` and the shape in the ratio 1 : n and n can be read from the mixture.
     A plain mass target over the shape's patches cannot carry n: attention averages whatever it
-    lands on, and the average of one star's patches looks like that of two stars'.
+    lands on, and the average of one star's patches looks like that of two stars'. With
+    ``count_absent``, a count question about a shape the row's kept patches do not show (n = 0)
+    is a share query too, all of it on ``<s>``; otherwise it has no grounding query.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
@@ -323,7 +327,7 @@ def pack_sequences(
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
             if patch_targets is not None:
                 offset = len(ids)
-                for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b]):
+                for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b], count_absent):
                     grounds.append((b, offset + at, mask, share))
             start = len(prefix)
             ids += q + a
@@ -376,6 +380,7 @@ def _grounding(
     prompt_ids: list[int],
     answer_ids: list[int],
     targets: tuple[np.ndarray, ...],
+    count_absent: bool = False,
 ) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
     """Grounding queries of one packed sample: (position within ``prompt_ids + answer_ids``, (K,)
     bool mask over the row's kept patches, (K,) float share of each patch for a count query or
@@ -403,6 +408,8 @@ def _grounding(
     if sample.task == "count" and len(targets) == 4 and (mask & (targets[3] > 0)).any():
         share = _instance_share(targets[3], mask & (targets[3] > 0))
         return [(len(prompt_ids) - 1, share > 0, share)]
+    if sample.task == "count" and len(targets) == 4 and count_absent and not mask.any():
+        return [(len(prompt_ids) - 1, np.zeros(len(mask), dtype=bool), np.zeros(len(mask), dtype=np.float32))]
     if named.color is not None and sample.answer == "Yes":
         mask &= color_of == 1 + _COLOR_INDEX[named.color]
     return [(len(prompt_ids) - 1, mask, None)] if mask.any() else []

@@ -39,7 +39,7 @@ from scenes.train import (
     train,
 )
 from scenes.vocab import build_processor, build_tokenizer
-from scenes.vocabulary import COUNT_WORDS
+from scenes.vocabulary import COUNT_WORDS, SHAPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -283,6 +283,31 @@ def test_count_questions_ask_for_an_equal_share_per_instance():
             break
     assert len(seen) >= 2, seen
     assert not batch.ground_share[:, prefix + 576 :].any()
+
+
+def test_count_questions_about_absent_shapes_put_everything_on_bos_with_count_absent():
+    tokenizer = build_tokenizer()
+    scene = _complex_scene()
+    absent = next(s for s in SHAPES if scene.count(s) == 0)
+    samples = [Sample("count", count_prompt(absent), "0"), Sample("color", color_prompt(scene.objects[0].shape), "x")]
+    targets = [(*patch_labels(scene), patch_owners(scene))]
+    off = pack_sequences(tokenizer, [samples], 576, targets)
+    on = pack_sequences(tokenizer, [samples], 576, targets, count_absent=True)
+    assert len(on.ground_index) == len(off.ground_index) + 1  # the count question only gains a query
+    (at,) = torch.nonzero(on.ground_share[:, 0] == 1.0)[:, 0].tolist()
+    assert float(on.ground_share[at, 0]) == 1.0 and float(on.ground_share[at].sum()) == 1.0
+    assert on.ground_mask[at].sum() == 1 and on.ground_mask[at, 0]
+    # the query is the count question's last prompt token, before its answer
+    assert tokenizer.convert_ids_to_tokens(int(on.input_ids[0, on.ground_index[at, 1] + 1])) == "0"
+    # without count units (a pruned row) nothing changes
+    plain = pack_sequences(tokenizer, [samples], 576, [patch_labels(scene)], count_absent=True)
+    assert len(plain.ground_index) == len(off.ground_index)
+    p = torch.zeros_like(on.ground_share)
+    p[:, 0] = 1.0  # every query's head all on <s>: the absent count query is satisfied exactly
+    loss_all_on_bos = _grounding_loss([p], on)
+    assert float(loss_all_on_bos) > 0  # the colour query is not
+    p[at, 0], p[at, 1] = 0.5, 0.5
+    assert float(_grounding_loss([p], on)) > float(loss_all_on_bos)
 
 
 def test_count_units_on_anchors_put_one_share_on_each_anchor_patch():

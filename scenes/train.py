@@ -120,7 +120,12 @@ class TrainConfig:
         count_head: which attention head of the supervised decoder layers the count share queries
             supervise (``_grounding_loss``). 0 shares head 0 with the other grounding queries; any
             other head leaves head 0's mass targets to colour and existence questions alone and
-            asks the share of that head only.
+            asks the share of that head only. A full run with ``count_head=1`` (anchors as above;
+            4818 s on the 2-core CPU) brought wrong-colour "No" back to 0.477 but counting fell to
+            0.674: shapes the image lacks were counted as 1 or more 31 times in 102 (see
+            ``count_absent``), and three objects were still mostly counted as two (2 of 29 right),
+            although head 1 learned the shares (``<s>`` 0.41 / 0.31 for one / two objects, asked
+            0.50 / 0.33; ``python -m scenes.counting attention --head 1``).
         count_absent: with ``count_share``, ground count questions about a shape the image does
             not show as well: all of the count head's attention on ``<s>``
             (``scenes.data.pack_sequences``). Without it they have no target, and with

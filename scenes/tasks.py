@@ -37,6 +37,7 @@ __all__ = [
     "make_samples",
     "normalize_answer",
     "parse_objects",
+    "wrong_colour_question",
     "yes_no_accuracy",
 ]
 
@@ -192,6 +193,19 @@ def yes_no_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float
     return exact_match(firsts, answers)
 
 
+def wrong_colour_question(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """A wrong-colour existence question (answer "No", kind ``attribute``) about a scene with
+    objects: a shape present, drawn uniformly over the objects, in a colour none of its objects
+    has, drawn uniformly; None for a shape drawn in every colour."""
+    if not scene.objects:
+        raise ValueError("a wrong-colour question needs a scene with objects")
+    shape = scene.objects[int(rng.integers(len(scene.objects)))].shape
+    wrong = [c for c in COLORS if all(o.color != c for o in scene.objects if o.shape == shape)]
+    if not wrong:
+        return None
+    return Sample("exists", existence_prompt(shape, wrong[int(rng.integers(len(wrong)))]), "No", "attribute")
+
+
 def make_samples(scene: Scene, rng: np.random.Generator) -> list[Sample]:
     """Every kind of task instance for ``scene``: the caption, existence (four positives and one
     negative of each applicable type), colour, counting and word reading. Random choices use ``rng``
@@ -218,12 +232,8 @@ def make_samples(scene: Scene, rng: np.random.Generator) -> list[Sample]:
         obj = pool[int(rng.integers(len(pool)))]
         shape = CONFUSABLE[obj.shape] if lures else absent[int(rng.integers(len(absent)))]
         samples.append(Sample("exists", existence_prompt(shape, obj.color), "No", "adversarial"))
-    if scene.objects:
-        shape = present[int(rng.integers(len(present)))]
-        wrong = [c for c in COLORS if c not in colors_of[shape]]
-        if wrong:  # a shape drawn in every colour has no wrong-colour question
-            color = wrong[int(rng.integers(len(wrong)))]
-            samples.append(Sample("exists", existence_prompt(shape, color), "No", "attribute"))
+    if scene.objects and (question := wrong_colour_question(scene, rng)) is not None:
+        samples.append(question)
 
     single = sorted(s for s in present_set if len(colors_of[s]) == 1)
     if single:

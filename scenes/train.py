@@ -62,7 +62,7 @@ from scenes.data import (
 )
 from scenes.generate import Scene
 from scenes.model import ModelConfig, build_model, grid_size
-from scenes.tasks import Sample, existence_prompt, make_samples
+from scenes.tasks import Sample, make_samples, wrong_colour_question
 from scenes.vocab import build_processor, build_tokenizer
 from scenes.vocabulary import COLORS, SHAPES, WORDS
 
@@ -417,18 +417,10 @@ def _grounding_loss(
 
 
 def _wrong_colour_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Sample]:
-    """``n`` wrong-colour existence questions about ``scene`` (answer "No"): a shape present, drawn
-    uniformly over its objects, in a colour none of its objects has; none for a scene without
-    objects or a shape drawn in every colour."""
-    out = []
-    for _ in range(max(n, 0) if scene.objects else 0):
-        shape = scene.objects[int(rng.integers(len(scene.objects)))].shape
-        wrong = [c for c in COLORS if c not in {o.color for o in scene.objects if o.shape == shape}]
-        if wrong:
-            out.append(
-                Sample("exists", existence_prompt(shape, wrong[int(rng.integers(len(wrong)))]), "No", "attribute")
-            )
-    return out
+    """Up to ``n`` more ``scenes.tasks.wrong_colour_question`` draws for ``scene``; none for a scene
+    without objects, and none for a draw whose shape has every colour."""
+    questions = [wrong_colour_question(scene, rng) for _ in range(max(n, 0) if scene.objects else 0)]
+    return [q for q in questions if q is not None]
 
 
 def _feature_states(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,15 @@ from scenes.data import (
 )
 from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
 from scenes.model import build_model
-from scenes.tasks import Sample, color_prompt, count_prompt, existence_prompt, make_samples, parse_objects
+from scenes.tasks import (
+    Sample,
+    color_prompt,
+    count_prompt,
+    existence_prompt,
+    make_samples,
+    parse_objects,
+    wrong_colour_question,
+)
 from scenes.train import (
     SMOKE,
     _anchor_loss,
@@ -378,7 +386,9 @@ def test_anchor_target_and_anchor_shares_train(tmp_path, rule):
     assert all(np.isfinite(r["loss"]) for r in result["history"])
 
 
-def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
+def _count_and_colour_batch():
+    """A full-token row asking how many of a repeated shape there are (a share query) and its
+    colour (a mass query)."""
     tokenizer = build_tokenizer()
     scene = _complex_scene()
     shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
@@ -388,6 +398,11 @@ def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
         Sample("color", color_prompt(shape), obj.color),
     ]
     batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
+    return batch
+
+
+def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
+    batch = _count_and_colour_batch()
     share, mask = batch.ground_share, batch.ground_mask
     assert share[0].sum() > 0 and share[1].sum() == 0
     exact = torch.stack([share[0], mask[1] / mask[1].sum()])  # both queries fully satisfied
@@ -403,20 +418,12 @@ def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
 
 
 def test_count_queries_can_supervise_a_head_of_their_own():
-    tokenizer = build_tokenizer()
-    scene = _complex_scene()
-    shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
-    obj = next(o for o in scene.objects if o.shape == shape)
-    samples = [
-        Sample("count", count_prompt(shape), str(scene.count(shape))),
-        Sample("color", color_prompt(shape), obj.color),
-    ]
-    batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
+    batch = _count_and_colour_batch()
     share, mask = batch.ground_share, batch.ground_mask
     exact = torch.stack([share[0], mask[1] / mask[1].sum()])
     uniform = torch.full_like(exact, 1.0 / exact.shape[1])
     # the count query reads the count head only, the colour query head 0 only
-    assert float(_grounding_loss([uniform.clone()], batch, [exact])) > 0.5
+    assert float(_grounding_loss([uniform], batch, [exact])) > 0.5
     mixed = torch.stack([uniform[0], exact[1]])
     assert float(_grounding_loss([mixed], batch, [exact])) == pytest.approx(0.0, abs=1e-4)
     assert float(_grounding_loss([mixed], batch)) > 0.5
@@ -464,6 +471,8 @@ def test_extra_wrong_colour_questions_name_a_present_shape_in_a_colour_it_lacks(
     assert _wrong_colour_questions(scene, np.random.default_rng(3), 0) == []
     empty = next(training_scene(s) for s in range(200) if not training_scene(s).objects)
     assert _wrong_colour_questions(empty, np.random.default_rng(3), 4) == []
+    with pytest.raises(ValueError, match="objects"):
+        wrong_colour_question(empty, np.random.default_rng(3))
 
 
 def test_caption_grounding_points_each_group_phrase_at_its_group():

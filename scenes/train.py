@@ -7,15 +7,19 @@ Two stages, LLaVA-style:
    attention the pruning methods use) it predicts which (shape, colour) pairs and shapes are present
    and which word is written, so [CLS] must gather the objects; from every patch token of that layer
    it predicts the patch's colour (or background) and, on object and word patches, the shape or
-   word. The last layer's pooled [CLS] gets the same presence loss so it is trained too. The heads
-   are thrown away afterwards.
+   word, and whether it is its object's anchor patch (its first in raster order;
+   ``TrainConfig.anchor_weight``), so that one token per instance says "one more". The last layer's
+   pooled [CLS] gets the same presence loss so it is trained too. The heads are thrown away
+   afterwards.
 2. **Instruction tuning.** The tower is frozen; the projector and the Llama decoder learn the
    canonical tasks (caption, existence, colour, counting, word) with the loss on answer tokens only,
    using shared-prefix packing (``scenes.data.pack_sequences``). Half the images keep only a random
    subset of their visual tokens (answers then describe what those patches show), so the decoder
-   copes with pruned inputs of any length. A grounding loss makes one head per decoder layer look
-   at the object a question or caption phrase is about (``TrainConfig.ground_weight``); it shapes
-   only training, and the exported model is a plain LLaVA.
+   copes with pruned inputs of any length. A grounding loss makes head 0 of every decoder layer
+   after the first look at the object a question or caption phrase is about
+   (``TrainConfig.ground_weight``), and head 1 share its attention equally between ``<s>`` and the
+   anchor of every instance a count question names (``TrainConfig.count_share``), so the count is
+   in what that head reads. The loss shapes only training; the exported model is a plain LLaVA.
 
 Every scene is drawn on the fly from the step number, so the run is a pure function of the seed and
 ``--resume`` continues from the last checkpoint in ``--run-dir`` exactly. The result is saved with
@@ -99,23 +103,23 @@ class TrainConfig:
             questions got "Yes" 99 % of the time.
         anchor_weight: weight of a stage-1 per-patch target, "is this object patch its object's
             anchor patch" (``scenes.data.patch_anchors``), so that the tower marks one patch per
-            instance for ``count_share="anchors"``. 0 (off) in the shipped recipe.
+            instance for ``count_share="anchors"``. 0 turns it off.
         anchor_rule: which patch is an object's anchor (``scenes.data.ANCHOR_RULES``).
-        count_share: None (the shipped recipe), ``"instances"`` or ``"anchors"``: on images that
+        count_share: ``"anchors"`` (the default), ``"instances"`` or None (off): on images that
             keep all their tokens, ground count questions with a share target instead
             (``scenes.data.pack_sequences``): ``<s>`` and every instance of the named shape get
             an equal share of the head's attention, spread over the instance's patches or put on
             its anchor patch, so the count is in what the head reads. With the plain mass target
             the model counts by the shape's area: 44 % right on two objects and 10 % on three
-            (counting 0.73 on 500 held-out scenes). ``"instances"`` did not help (0.726 with the
-            shipped tower; head 0 gave ``<s>`` 0.34 of its attention for one object and 0.27 for
+            (counting 0.73 on 500 held-out scenes). ``"instances"`` did not help (0.726 with a
+            tower trained without anchors; head 0 gave ``<s>`` 0.34 of its attention for one object and 0.27 for
             two, against 0.50 and 0.33 asked): the share of an instance's patches depends on its
-            area, which the head cannot read. ``"anchors"`` needs a tower that marks anchors: the
-            shipped one does not (an MLP probe on its patches finds centre patches with precision
+            area, which the head cannot read. ``"anchors"`` needs a tower that marks anchors: a
+            tower without ``anchor_weight`` does not (an MLP probe on its patches finds centre patches with precision
             0.35), and one trained to mark centres missed them on large objects (``patch_anchors``).
             With ``anchor_weight=1.0, anchor_rule="first", count_share="anchors"`` counting rose to
             0.791 on 500 held-out scenes (two objects 49/75 right, from 33/75) and colour to 1.000,
-            but wrong-colour questions got "Yes" 99.7 % of the time (0.36 shipped): head 0 serves
+            but wrong-colour questions got "Yes" 99.7 % of the time (0.36 without count shares): head 0 serves
             every grounding query, and its ``<s>`` share leaks into existence questions.
         count_head: which attention head of the supervised decoder layers the count share queries
             supervise (``_grounding_loss``). 0 shares head 0 with the other grounding queries; any
@@ -130,7 +134,7 @@ class TrainConfig:
             not show as well: all of the count head's attention on ``<s>``
             (``scenes.data.pack_sequences``). Without it they have no target, and with
             ``count_head=1`` a full run answered 1 or more to 31 of 102 such questions on held-out
-            scenes (the shipped weights: 2 of 102). With it (and ``wrong_colour_questions=2``),
+            scenes (without count shares: 2 of 102). With it (and ``wrong_colour_questions=2``),
             all 102 right; see ``wrong_colour_questions`` for that run.
         wrong_colour_questions: wrong-colour existence questions ("Is there a purple star?" when
             the star is green; answer "No") per stage-2 scene. ``make_samples`` asks one, against
@@ -140,7 +144,7 @@ class TrainConfig:
             count_head=1, count_absent=True, wrong_colour_questions=2`` on the tower of
             ``anchor_weight=1.0, anchor_rule="first"`` (3609 s; ``--vision-from``) met every target
             of issue 4 on 500 held-out scenes: counting ≤ 6 objects 0.807 (two objects 39/75 right,
-            three 9/29), wrong-colour "No" 0.835 (0.637 shipped), existence 0.992, recall 0.917,
+            three 9/29), wrong-colour "No" 0.835 (0.637 without count shares), existence 0.992, recall 0.917,
             CHAIR_i 0.020, CHAIR_s 0.038, colour 0.997, word 0.936.
         sincos_init: initialise the tower's position embeddings with ``sincos_positions``.
         warmup: fraction of each stage's steps with linear warm-up (then cosine decay).
@@ -159,12 +163,12 @@ class TrainConfig:
     sample_weighting: bool = True
     drop_prob: float = 0.5
     ground_weight: float = 0.5
-    anchor_weight: float = 0.0
+    anchor_weight: float = 1.0
     anchor_rule: str = "first"
-    count_share: str | None = None
-    count_head: int = 0
-    count_absent: bool = False
-    wrong_colour_questions: int = 1
+    count_share: str | None = "anchors"
+    count_head: int = 1
+    count_absent: bool = True
+    wrong_colour_questions: int = 2
     sincos_init: bool = True
     warmup: float = 0.05
     checkpoint_every: int = 100
@@ -642,12 +646,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="steps of each stage (a short run)")
     parser.add_argument("--vision-steps", type=int, default=None)
     parser.add_argument("--text-steps", type=int, default=None)
-    parser.add_argument("--anchor-weight", type=float, default=None, help="stage-1 anchor target (experiment)")
-    parser.add_argument("--anchor-rule", choices=ANCHOR_RULES, default=None, help="(experiment)")
-    parser.add_argument("--count-share", choices=("instances", "anchors"), default=None, help="(experiment)")
-    parser.add_argument("--count-head", type=int, default=None, help="head of the count shares (experiment)")
-    parser.add_argument("--count-absent", action="store_true", help="count shares for absent shapes (experiment)")
-    parser.add_argument("--wrong-colour-questions", type=int, default=None, help="per stage-2 scene (experiment)")
+    parser.add_argument("--anchor-weight", type=float, default=None, help="stage-1 anchor target; 0 turns it off")
+    parser.add_argument("--anchor-rule", choices=ANCHOR_RULES, default=None)
+    parser.add_argument("--count-share", choices=("instances", "anchors", "none"), default=None)
+    parser.add_argument("--count-head", type=int, default=None, help="decoder head of the count shares")
+    parser.add_argument(
+        "--count-absent", action=argparse.BooleanOptionalAction, default=None, help="count shares for absent shapes"
+    )
+    parser.add_argument("--wrong-colour-questions", type=int, default=None, help="per stage-2 scene")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps (resumable)")
     parser.add_argument("--no-progress", action="store_true")
@@ -669,11 +675,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.anchor_rule is not None:
         cfg = replace(cfg, anchor_rule=args.anchor_rule)
     if args.count_share is not None:
-        cfg = replace(cfg, count_share=args.count_share)
+        cfg = replace(cfg, count_share=None if args.count_share == "none" else args.count_share)
     if args.count_head is not None:
         cfg = replace(cfg, count_head=args.count_head)
-    if args.count_absent:
-        cfg = replace(cfg, count_absent=True)
+    if args.count_absent is not None:
+        cfg = replace(cfg, count_absent=args.count_absent)
     if args.wrong_colour_questions is not None:
         cfg = replace(cfg, wrong_colour_questions=args.wrong_colour_questions)
     return train(

@@ -7,6 +7,7 @@ tiny widths, so each test runs in seconds on one CPU thread.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ from scenes.tasks import (
 )
 from scenes.train import (
     SMOKE,
+    TrainConfig,
     _anchor_loss,
     _AttentionInputs,
     _grounding_loss,
@@ -65,6 +67,28 @@ def test_smoke_run_loss_falls_and_model_loads_offline(tmp_path):
     assert model.config.vision_feature_select_strategy == "default"
     assert model.config.image_seq_length == 576
     assert processor.tokenizer.chat_template == build_processor().tokenizer.chat_template
+
+
+def test_command_line_turns_each_counting_setting_off(tmp_path):
+    """The defaults are the shipped recipe; every part of it can be switched off for an ablation."""
+    run = tmp_path / "run"
+    off = ["--anchor-weight", "0", "--count-share", "none", "--count-head", "0", "--no-count-absent"]
+    main(["--smoke", "--steps", "1", "--out", str(tmp_path / "m"), "--run-dir", str(run), "--no-progress", *off])
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert (config["anchor_weight"], config["count_share"], config["count_head"], config["count_absent"]) == (
+        0.0,
+        None,
+        0,
+        False,
+    )
+    shipped = TrainConfig()
+    assert (shipped.anchor_weight, shipped.count_share, shipped.count_head, shipped.count_absent) == (
+        1.0,
+        "anchors",
+        1,
+        True,
+    )
+    assert shipped.wrong_colour_questions == 2
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):

@@ -1,14 +1,15 @@
 """Counting diagnostics for the embedded model: ``python -m scenes.counting``.
 
-Counting is the one target of issue 4 the embedded model misses, and these are the measurements
-behind each attempt at it (``scenes.train.TrainConfig``'s ``count_share`` and ``anchor_weight``):
+Counting was the hardest of issue 4's targets for the embedded model, and these are the
+measurements behind each attempt at it (``scenes.train.TrainConfig``'s ``anchor_weight``,
+``count_share``, ``count_head`` and ``count_absent``):
 
 - ``confusion``: what the model answers to "How many {shape}s are there?" per true count, from
   the answers ``python -m scenes.evaluate --json`` wrote.
-- ``attention``: where one head (``--head``, default 0) of each supervised decoder layer looks
-  from the token that predicts a count, per true count: its attention on ``<s>`` and on the named
-  shape's patches. A share target asks for 1 / (n + 1) on ``<s>`` (of head
-  ``TrainConfig.count_head``).
+- ``attention``: where one head of each supervised decoder layer looks from the token that
+  predicts a count, per true count: its attention on ``<s>`` and on the named shape's patches.
+  The default ``--head`` is the recipe's ``TrainConfig.count_head`` (1), whose share target asks
+  for 1 / (n + 1) on ``<s>``.
 - ``anchors``: how well a stage-1 tower trained with an anchor target marks one patch per object:
   per complexity level, how often the patch its anchor head scores highest within an object is
   that object's anchor (``scenes.data.patch_anchors``). Reads a stage-1 checkpoint
@@ -37,7 +38,7 @@ from scenes.evaluate import COUNT_LIMIT, eval_scenes
 from scenes.generate import Scene
 from scenes.model import ModelConfig, build_model
 from scenes.tasks import Sample, count_prompt
-from scenes.train import VisionHeads, _AttentionInputs, _feature_states, _head_attention
+from scenes.train import TrainConfig, VisionHeads, _AttentionInputs, _feature_states, _head_attention
 from scenes.vocab import build_tokenizer
 
 __all__ = ["anchor_accuracy", "count_attention", "count_confusion", "main"]
@@ -62,7 +63,7 @@ def count_attention(
     tokenizer: PreTrainedTokenizerFast,
     scenes: Sequence[Scene],
     max_objects: int = COUNT_LIMIT,
-    head: int = 0,
+    head: int = TrainConfig.count_head,
 ) -> dict[tuple[int, int], dict[str, float]]:
     """One head's attention at each count question's answer-predicting token, all tokens kept.
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     conf = sub.add_parser("confusion", help="predicted against true counts, from scenes.evaluate --json")
     conf.add_argument("answers", type=Path)
     att = sub.add_parser("attention", help="one head's attention at count questions")
-    att.add_argument("--head", type=int, default=0, help="attention head of the supervised layers")
+    att.add_argument("--head", type=int, default=TrainConfig.count_head, help="attention head of the supervised layers")
     att.add_argument("--model", type=Path, default=Path("assets/models/prunelens-tiny-llava"))
     att.add_argument("--n", type=int, default=200, help="held-out scenes")
     anc = sub.add_parser("anchors", help="a stage-1 anchor head's accuracy per level")

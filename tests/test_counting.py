@@ -47,7 +47,7 @@ def test_count_attention_is_a_distribution_per_count():
     tokenizer = build_tokenizer()
     model = build_model(dataclasses.replace(SMOKE.model, text_layers=2), tokenizer, seed=5).eval()
     scenes = [s for s in eval_scenes(12) if s.objects and len(s.objects) <= 6][:3]
-    stats = count_attention(model, tokenizer, scenes)
+    stats = count_attention(model, tokenizer, scenes, head=0)
     questions = sum(len({o.shape for o in s.objects}) for s in scenes)
     assert {layer for layer, _ in stats} == {1}  # the supervised layers: all but the first
     assert sum(row["questions"] for row in stats.values()) == questions

@@ -70,8 +70,8 @@ def test_smoke_run_loss_falls_and_model_loads_offline(tmp_path):
 
 
 def test_command_line_turns_each_counting_setting_off(tmp_path):
-    """The defaults are the counting recipe; every part of it can be switched off (the shipped weights
-    were trained with all of it off)."""
+    """The defaults are the shipped weights' recipe; every part of it can be switched off for an
+    ablation (the weights shipped before them had all of it off)."""
     run = tmp_path / "run"
     off = ["--anchor-weight", "0", "--count-share", "none", "--count-head", "0", "--no-count-absent"]
     main(["--smoke", "--steps", "1", "--out", str(tmp_path / "m"), "--run-dir", str(run), "--no-progress", *off])

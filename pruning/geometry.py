@@ -67,7 +67,7 @@ def centered_gram(g: torch.Tensor) -> torch.Tensor:
 
 def erank_from_gram(g: torch.Tensor) -> torch.Tensor:
     """erank of the rows whose Gram is ``g`` (valid when n <= d, as for N <= D), 0-d tensor."""
-    return erank_from_centered_gram(centered_gram(g))
+    return erank_from_centered_gram(centered_gram(g), row_gram=True)
 
 
 def image_erank(feats: torch.Tensor, cos: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,24 @@ __all__ = [
 EIGEN_CLAMP = 1e-12  # methods.md, Metrics: eigenvalues are clamped at 1e-12 before the square root
 
 
-def erank_from_centered_gram(gram_c: torch.Tensor) -> torch.Tensor:
+def erank_from_centered_gram(gram_c: torch.Tensor, *, row_gram: bool = False) -> torch.Tensor:
     """Effective rank from a column-centred Gram matrix (X_c X_cᵀ or X_cᵀ X_c), as a 0-d tensor.
 
     Args:
         gram_c: (m, m) symmetric positive semi-definite, float32.
+        row_gram: ``gram_c`` is X_c X_cᵀ, the Gram of the centred *rows*. Centred rows sum to zero,
+            so the all-ones vector is an exact null vector and one eigenvalue is exactly 0. In
+            float32 the solver returns it as rounding noise of either sign (about 1e-7 of the
+            largest eigenvalue); kept, its square root moves erank by up to 2e-4 relative, in a
+            direction that depends on the BLAS kernel. Deviation from methods.md, documented: that
+            eigenvalue (the smallest) is dropped, which is its exact value's contribution (p = 0).
+            Every other eigenvalue is clamped at 1e-12 as methods.md says.
     Stays on the device (no synchronisation), so callers can use the value in further tensor maths.
     """
-    eig = torch.linalg.eigvalsh(gram_c).clamp_min(EIGEN_CLAMP)  # (m,)
+    eig = torch.linalg.eigvalsh(gram_c)  # (m,) ascending
+    if row_gram and eig.shape[0] > 1:
+        eig = eig[1:]  # (m - 1,): the centring null direction, exactly zero
+    eig = eig.clamp_min(EIGEN_CLAMP)
     sigma = eig.sqrt()
     p = sigma / sigma.sum()
     return torch.exp(-(p * p.log()).sum())
@@ -49,7 +59,7 @@ def effective_rank(x: torch.Tensor) -> float:
         raise ValueError("effective_rank input contains NaN or Inf")
     xc = x - x.mean(dim=0, keepdim=True)  # (n, d)
     gram = xc @ xc.T if n <= d else xc.T @ xc  # (min(n, d), min(n, d))
-    return float(erank_from_centered_gram(gram))
+    return float(erank_from_centered_gram(gram, row_gram=n <= d))
 
 
 def _attention_probs(a: torch.Tensor) -> torch.Tensor:

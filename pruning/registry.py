@@ -46,6 +46,12 @@ def finite_number(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
+def erank_value(name: str, value: Any) -> None:
+    """An erank bound: a finite number of at least 1 (erank is never below 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{name} must be a finite number of at least 1 (an effective rank), got {value!r}")
+
+
 def optional_positive_int(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be None or a positive int, got {value!r}")

@@ -79,6 +79,8 @@ def test_unknown_parameter_lists_valid_ones():
         ("vispruner", {"r": 1.5}, r"r must be a number in \[0, 1\]"),
         ("hybrid", {"ratio": -0.1}, "ratio must be a number"),
         ("hybrid-erank", {"erank_lo": 100.0, "erank_hi": 50.0}, "erank_hi must exceed erank_lo"),
+        ("hybrid-erank", {"erank_lo": -1.0}, "erank_lo must be a finite number of at least 1"),
+        ("hybrid-erank", {"erank_hi": float("nan")}, "erank_hi must be a finite number of at least 1"),
         ("hybrid-erank", {"inverse": "yes"}, "inverse must be True or False"),
         ("visionzip", {"dominant": 0}, "dominant must be None or a positive int"),
         ("visionzip", {"dominant": 9}, "dominant = 9 exceeds the budget 8"),

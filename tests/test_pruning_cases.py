@@ -147,13 +147,13 @@ def test_hybrid_seeds_diversity_with_attention():
 def test_hybrid_erank_ratio_follows_image_complexity():
     e = pruning.effective_rank(FIVE)
     # Complex (e above e_hi): R = R_lo = 0.25 -> one attention token t0, then t2, t3, t4.
-    complex_ = pruning.select("hybrid-erank", five(), 4, erank_lo=e - 20, erank_hi=e - 10)
+    complex_ = pruning.select("hybrid-erank", five(), 4, erank_lo=1.0, erank_hi=e - 1)
     assert complex_.info["ratio"] == 0.25 and complex_.order.tolist() == [0, 2, 3, 4]
     # Simple (e below e_lo): R = R_hi = 0.75 -> t0, t1, t3 by attention, then t2.
     simple = pruning.select("hybrid-erank", five(), 4, erank_lo=e + 10, erank_hi=e + 20)
     assert simple.info["ratio"] == 0.75 and simple.order.tolist() == [0, 1, 3, 2]
     # Inverse swaps the ends.
-    inverse = pruning.select("hybrid-erank", five(), 4, erank_lo=e - 20, erank_hi=e - 10, inverse=True)
+    inverse = pruning.select("hybrid-erank", five(), 4, erank_lo=1.0, erank_hi=e - 1, inverse=True)
     assert inverse.info["ratio"] == 0.75
     # Midway: R = 0.5.
     mid = pruning.select("hybrid-erank", five(), 4, erank_lo=e - 1, erank_hi=e + 1)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..geometry import image_erank
-from ..registry import boolean, finite_number, register, unit_interval
+from ..registry import boolean, erank_value, register, unit_interval
 from ..types import PruneInputs, Selection
 from .attention import attention_order, selection_from_order
 from .diversity import cosine_distance, maxmin_greedy
@@ -67,8 +67,8 @@ def hybrid_erank_ratio(
     checks={
         "r_hi": unit_interval,
         "r_lo": unit_interval,
-        "erank_lo": finite_number,
-        "erank_hi": finite_number,
+        "erank_lo": erank_value,
+        "erank_hi": erank_value,
         "inverse": boolean,
     },
 )

@@ -2,8 +2,10 @@
 
 ``ComparePipeline`` wraps a ``Runner``. The UI calls it in two speeds: ``load`` and ``view``
 (encode once, then select and draw: milliseconds, re-run on every slider move) and ``answer``
-(generation, seconds). Heavy data stays here in a bounded cache keyed by the image's encoding key;
-the UI keeps only that key. Every public method takes and returns plain values.
+(generation, seconds). Heavy data stays here, per session, in an ``app.sessions.SessionStore``
+keyed by the image's content digest; the UI keeps only that key. Every public method takes and
+returns plain values; ``session`` names whose images they use (the page passes its session id,
+library callers may leave the default).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +25,9 @@ import pruning
 
 from .images import image_digest, load_image
 from .objects import Vocabulary, mark_answer, parse_truth
+from .sessions import DEFAULT_MAX_BYTES, DEFAULT_SESSION, AnswerCancelled, SessionStore, tensor_bytes
 
-__all__ = ["DEFAULT_METHODS", "ComparePipeline", "Example", "budget_presets"]
+__all__ = ["DEFAULT_METHODS", "DEFAULT_SESSION", "AnswerCancelled", "ComparePipeline", "Example", "budget_presets"]
 
 DEFAULT_METHODS = ("attention", "diversity", "adaptive")
 PAPER_BUDGETS = (192, 128, 64, 32)  # methods.md: the paper's budgets for 576 tokens
@@ -88,15 +91,14 @@ class ComparePipeline:
         vocabulary: Vocabulary,
         examples: Sequence[Example] = (),
         max_new_tokens: int = 48,
-        cache_size: int = 16,
+        memory_bytes: int = DEFAULT_MAX_BYTES,
+        store: SessionStore | None = None,
     ) -> None:
         self.runner = runner
         self.vocabulary = vocabulary
         self.examples = list(examples)
         self.max_new_tokens = max_new_tokens
-        self.cache_size = cache_size
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
+        self.store = store if store is not None else SessionStore(memory_bytes)
         self._truth_by_digest = {image_digest(load_image(ex.image)): ex for ex in self.examples}
 
     # -- facts -----------------------------------------------------------------------------------
@@ -126,27 +128,18 @@ class ComparePipeline:
 
     # -- the fast path ---------------------------------------------------------------------------
 
-    def load(self, image: Any) -> dict[str, Any]:
-        """Encode ``image`` (cached) and describe its complexity. Returns plain values and ``key``."""
-        img = load_image(image)
-        encoding = self.runner.encode(img)
-        digest = image_digest(img)
-        example = self._truth_by_digest.get(digest)
-        box = encoding.geometry.crop_box
-        view = img.crop(tuple(round(v) for v in box)).resize((VIEW_SIZE, VIEW_SIZE), Image.BICUBIC)
-        with self._lock:
-            self._entries[encoding.key] = _Entry(
-                encoding=encoding,
-                view=view,
-                truth=example.truth if example else None,
-                example=example.name if example else None,
-            )
-            self._entries.move_to_end(encoding.key)
-            while len(self._entries) > self.cache_size:
-                self._entries.popitem(last=False)
+    def load(self, image: Any, session: str = DEFAULT_SESSION) -> dict[str, Any]:
+        """Encode ``image`` for ``session`` and describe its complexity. Returns plain values and ``key``.
+
+        An image already held (for this or another session) is not encoded again. Raises
+        ``ValueError`` for an unusable image and ``ServerFullError`` when there is no room for it.
+        """
+        key, entry = self._load(image, session)
+        encoding = entry.encoding
+        example = self._truth_by_digest.get(key)
         cal = self.runner.calibration
         return {
-            "key": encoding.key,
+            "key": key,
             "n_tokens": encoding.n_tokens,
             "grid": list(encoding.grid),
             "image_erank": encoding.image_erank,
@@ -166,6 +159,41 @@ class ComparePipeline:
             "example": example.name if example else None,
         }
 
+    def _load(self, image: Any, session: str) -> tuple[str, _Entry]:
+        img = load_image(image)
+        key = image_digest(img)
+        entry = self.store.find(session, key)
+        if entry is not None:
+            return key, entry
+        encoding = self.runner.encode(img, use_cache=False)
+        example = self._truth_by_digest.get(key)
+        box = encoding.geometry.crop_box
+        view = img.crop(tuple(round(v) for v in box)).resize((VIEW_SIZE, VIEW_SIZE), Image.BICUBIC)
+        entry = _Entry(
+            encoding=encoding,
+            view=view,
+            truth=example.truth if example else None,
+            example=example.name if example else None,
+        )
+        inputs = encoding.inputs
+        nbytes = (
+            tensor_bytes(inputs.feats_pre, inputs.feats, inputs.cls_attn, inputs.keys, inputs.cls_feat, encoding.prefix)
+            + 3 * VIEW_SIZE * VIEW_SIZE
+        )
+        return key, self.store.put(session, key, entry, nbytes)
+
+    def key_for(self, image: Any, session: str = DEFAULT_SESSION) -> str:
+        """The key of ``image`` for ``session``, encoding it first when it is not held."""
+        return self._load(image, session)[0]
+
+    def example_name(self, key: str, session: str = DEFAULT_SESSION) -> str | None:
+        """The gallery name of the loaded image, or None for an upload."""
+        return self._entry(key, session).example
+
+    def release(self, session: str) -> None:
+        """Free what ``session`` holds and stop its work (the page's unload event)."""
+        self.store.release(session)
+
     def _complexity_label(self, erank: float) -> str:
         cal = self.runner.calibration
         if erank <= cal.erank_p10:
@@ -174,21 +202,42 @@ class ComparePipeline:
             return "complex"
         return "intermediate"
 
-    def _entry(self, key: str) -> _Entry:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                raise ValueError("this image is no longer in memory: load it again")
-            self._entries.move_to_end(key)
-            return entry
+    def _entry(self, key: str, session: str = DEFAULT_SESSION) -> _Entry:
+        if not isinstance(key, str) or not key:
+            raise ValueError("load an image first")
+        entry = self.store.get(session, key)
+        if entry is None:
+            raise ValueError("this image is no longer in memory (the session was idle or closed): load it again")
+        return entry
 
-    def view_image(self, key: str) -> Image.Image:
+    def view_image(self, key: str, session: str = DEFAULT_SESSION) -> Image.Image:
         """The image as the model's patch grid covers it, VIEW_SIZE pixels square."""
-        return self._entry(key).view
+        return self._entry(key, session).view
 
-    def attention(self, key: str) -> list[float]:
+    def attention(self, key: str, session: str = DEFAULT_SESSION) -> list[float]:
         """The (N,) [CLS] attention of the loaded image."""
-        return self._entry(key).encoding.inputs.cls_attn.float().cpu().tolist()
+        return self._entry(key, session).encoding.inputs.cls_attn.float().cpu().tolist()
+
+    def prompt_room(self) -> int:
+        """How many prompt tokens fit beside all visual tokens and ``max_new_tokens`` new ones."""
+        meta = self.runner.metadata
+        n_visual = int(meta["grid"][0] * meta["grid"][1]) + int(meta.get("n_prefix_tokens") or 0)
+        template = self.runner.adapter.prompt_ids("").shape[0] - 1  # the chat template's own tokens
+        return int(self.runner.adapter.context_length) - n_visual - self.max_new_tokens - template
+
+    def check_prompt(self, prompt: Any) -> str:
+        """``prompt`` stripped, or a ``ValueError`` when it is empty or does not fit the model."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty: type a question about the image")
+        prompt = prompt.strip()
+        n = self.runner.adapter.prompt_ids(prompt).shape[0] - self.runner.adapter.prompt_ids("").shape[0]
+        room = self.prompt_room()
+        if n > room:
+            raise ValueError(
+                f"the prompt is {n} tokens; this model has room for {room} beside the image's visual tokens "
+                f"and {self.max_new_tokens} answer tokens: shorten it"
+            )
+        return prompt
 
     def _params(self, method: str, params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
         chosen = dict((params or {}).get(method, {}))
@@ -198,8 +247,8 @@ class ComparePipeline:
             raise ValueError(f"method {method!r} has no parameter(s) {sorted(unknown)}")
         return chosen
 
-    def _check_request(self, key: str, methods: Sequence[str], budget: Any) -> _Entry:
-        entry = self._entry(key)
+    def _check_request(self, key: str, methods: Sequence[str], budget: Any, session: str) -> _Entry:
+        entry = self._entry(key, session)
         if isinstance(methods, str) or not isinstance(methods, Sequence):
             raise ValueError("methods must be a list of method names")
         for m in methods:
@@ -217,9 +266,11 @@ class ComparePipeline:
         methods: Sequence[str],
         budget: int,
         params: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        session: str = DEFAULT_SESSION,
     ) -> dict[str, pruning.Selection]:
         """Run each method on the loaded image (no generation)."""
-        entry = self._check_request(key, methods, budget)
+        entry = self._check_request(key, methods, budget, session)
         return {m: self.runner.select(entry.encoding, m, int(budget), **self._params(m, params)) for m in methods}
 
     def view(
@@ -230,12 +281,13 @@ class ComparePipeline:
         params: Mapping[str, Mapping[str, Any]] | None = None,
         *,
         colour_by: str | None = None,
+        session: str = DEFAULT_SESSION,
     ) -> dict[str, dict[str, Any]]:
         """Per method: overlay image and the selection's numbers. The fast step of the page."""
         from visualizers import overlay_selection
 
-        entry = self._check_request(key, methods, budget)
-        selections = self.select(key, methods, budget, params)
+        entry = self._check_request(key, methods, budget, session)
+        selections = self.select(key, methods, budget, params, session=session)
         inputs = entry.encoding.inputs
         out = {}
         for method, sel in selections.items():
@@ -276,9 +328,11 @@ class ComparePipeline:
         methods: Sequence[str],
         params: Mapping[str, Mapping[str, Any]] | None = None,
         points: int = 9,
+        *,
+        session: str = DEFAULT_SESSION,
     ) -> dict[str, dict[str, list[float]]]:
         """Kept erank and retained attention from 8 tokens to all of them (selection only), cached."""
-        entry = self._entry(key)
+        entry = self._entry(key, session)
         n = entry.encoding.n_tokens
         budgets = (
             sorted(
@@ -312,6 +366,8 @@ class ComparePipeline:
         budget: int,
         step: int,
         params: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        session: str = DEFAULT_SESSION,
     ) -> dict[str, Any]:
         """The greedy walk of ``method`` up to pick ``step`` (1-based): what is picked and suppressed.
 
@@ -320,8 +376,8 @@ class ComparePipeline:
         """
         from visualizers import overlay_selection
 
-        entry = self._check_request(key, [method], budget)
-        sel = self.select(key, [method], budget, params)[method]
+        entry = self._check_request(key, [method], budget, session)
+        sel = self.select(key, [method], budget, params, session=session)[method]
         order = sel.order.cpu().tolist()
         if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(order):
             raise ValueError(f"step must be an integer from 1 to {len(order)}, got {step!r}")
@@ -360,29 +416,45 @@ class ComparePipeline:
         *,
         truth_text: str | None = None,
         measure_prefill: bool = True,
+        session: str = DEFAULT_SESSION,
+        cancel: threading.Event | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Answers of the full model and of each method, with mentions marked and speed measured.
 
         All answers come from one batched ``generate_many`` call. Prefill time is then measured per
         row with a one-token generation of that row alone, so the speed-up compares like with like.
+        Ground truth typed in ``truth_text`` replaces a built-in scene's own; text that names no
+        object (blank, or only commas) leaves it. Setting ``cancel`` stops the work at the next
+        token and raises ``AnswerCancelled``.
         """
-        entry = self._check_request(key, methods, budget)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty: type a question about the image")
+        entry = self._check_request(key, methods, budget, session)
+        prompt = self.check_prompt(prompt)
         truth = entry.truth
-        if truth_text is not None and truth_text.strip():
-            truth = tuple(sorted(parse_truth(truth_text, self.vocabulary)))
-        selections = self.select(key, methods, budget, params)
+        if truth_text is not None:
+            typed = parse_truth(truth_text, self.vocabulary)
+            if typed:
+                truth = tuple(sorted(typed))
+        selections = self.select(key, methods, budget, params, session=session)
         rows = [None, *selections.values()]
         names = ["full", *selections]
+
+        def stopped() -> bool:
+            return cancel is not None and cancel.is_set()
+
         start = time.perf_counter()
-        gens = self.runner.generate_many(entry.encoding, prompt, rows, max_new_tokens=self.max_new_tokens)
+        gens = self.runner.generate_many(
+            entry.encoding, prompt, rows, max_new_tokens=self.max_new_tokens, cancel=cancel
+        )
         batch_ms = (time.perf_counter() - start) * 1e3
         prefill = {}
         if measure_prefill:
             for name, sel in zip(names, rows):
+                if stopped():
+                    break
                 one = self.runner.generate(entry.encoding, prompt, sel, max_new_tokens=1)
                 prefill[name] = one.timings.get("prefill_ms")
+        if stopped():
+            raise AnswerCancelled("stopped before the answers were complete")
         reference = gens[0].text
         out = {}
         for name, gen in zip(names, gens):
@@ -412,12 +484,23 @@ class ComparePipeline:
         budget: int = 64,
         params: Mapping[str, Mapping[str, Any]] | None = None,
         truth_text: str | None = None,
+        *,
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
-        """Everything about one comparison as JSON-ready values (the ``compare`` API endpoint)."""
-        summary = self.load(image)
-        key = summary.pop("key")
-        views = self.view(key, methods, budget, params)
-        answers = self.answer(key, prompt, methods, budget, params, truth_text=truth_text)
+        """Everything about one comparison as JSON-ready values (the ``compare`` API endpoint).
+
+        The image is held for this call only (a private session released at the end).
+        """
+        session = f"call-{uuid.uuid4().hex}"
+        try:
+            summary = self.load(image, session)
+            key = summary.pop("key")
+            views = self.view(key, methods, budget, params, session=session)
+            answers = self.answer(
+                key, prompt, methods, budget, params, truth_text=truth_text, session=session, cancel=cancel
+            )
+        finally:
+            self.release(session)
         results = {}
         for method, v in views.items():
             results[method] = {k: val for k, val in v.items() if k != "overlay"} | {"answer": answers[method]}

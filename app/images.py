@@ -16,10 +16,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["MAX_ASPECT_RATIO", "MAX_IMAGE_PIXELS", "image_digest", "load_image"]
+__all__ = ["MAX_ASPECT_RATIO", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageFileMissing", "image_digest", "load_image"]
 
 MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused (decoding them alone takes gigabytes)
 MAX_ASPECT_RATIO = 50  # longer/shorter side; beyond it a shortest-edge resize would explode in size
+MAX_IMAGE_BYTES = 20 * 2**20  # larger files are refused before they are opened
+
+
+class ImageFileMissing(ValueError):
+    """An image path that names no file (deleted, or never there)."""
 
 
 def load_image(image: Any) -> Image.Image:
@@ -27,18 +32,22 @@ def load_image(image: Any) -> Image.Image:
 
     Alpha is composited on white, palette/CMYK/grey modes are converted, 16-bit and float images
     are rescaled to 8 bits, EXIF orientation is applied and animations give their first frame.
-    Images over ``MAX_IMAGE_PIXELS``, beyond ``MAX_ASPECT_RATIO``, empty, truncated or not images at
-    all raise ``ValueError`` saying which.
+    Files over ``MAX_IMAGE_BYTES`` are refused unopened; images over ``MAX_IMAGE_PIXELS`` or beyond
+    ``MAX_ASPECT_RATIO`` are refused from their header, before any pixel is decoded; empty,
+    truncated or non-image files raise ``ValueError`` saying which. Messages name a file by its
+    base name only (never the server's folders).
     """
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise ValueError(f"image path {str(path)!r} does not exist or is not a file")
-        img = _open_image(path, str(path))
+            raise ImageFileMissing(f"the image file {_short(path.name)!r} does not exist or is not a file")
+        _check_bytes(path.stat().st_size, "the image file")
+        img = _open_image(path, "the image file")
     elif isinstance(image, (bytes, bytearray)):
-        img = _open_image(io.BytesIO(bytes(image)), f"{len(image)} bytes")
+        _check_bytes(len(image), "the image data")
+        img = _open_image(io.BytesIO(bytes(image)), f"the image data ({len(image)} bytes)")
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise ValueError(f"an image array must be uint8 (H, W) or (H, W, 1|3|4), got {image.dtype} {image.shape}")
@@ -49,18 +58,34 @@ def load_image(image: Any) -> Image.Image:
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"the image could not be decoded ({err})") from None
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"the image is too large to decode; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = _short(str(err).splitlines()[0] if str(err) else type(err).__name__, 80)
+        raise ValueError(f"the image could not be decoded: it is truncated or corrupt ({reason})") from None
     return _to_rgb(img)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_bytes(n: int, what: str) -> None:
+    if n == 0:
+        raise ValueError(f"{what} is empty (0 bytes)")
+    if n > MAX_IMAGE_BYTES:
+        raise ValueError(f"{what} is {n / 2**20:.1f} MB; the limit is {MAX_IMAGE_BYTES / 2**20:.0f} MB")
 
 
 def _open_image(source: Any, what: str) -> Image.Image:
     try:
         img = Image.open(source)  # reads the header only
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{what} is too large to open ({err}); the limit is {MAX_IMAGE_PIXELS:,} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{what} is not an image file this runtime can read ({err})") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"{what} is too large to open; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ValueError(f"{what} is not an image this app can read (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)
     return img

@@ -1,8 +1,11 @@
 """Starting the app: which model, which examples, which vocabulary, and the Gradio server settings.
 
-``create_demo`` is cached per model and device, so the model is loaded once per process however
-often it is asked for (``app.py`` builds the demo at import for HuggingFace Spaces and then launches
-it when run as a script).
+``create_demo`` is cached per model, device and dtype, so the model is loaded once per process
+however often it is asked for (``app.py`` builds the demo at import for HuggingFace Spaces and then
+launches it when run as a script). ``start_demo`` puts the start-up checks in front of it: the
+model argument is checked by ``app.preflight`` before torch, transformers or gradio are imported
+(this module imports them only inside functions), and a model that fails the checks or fails to
+load ends the process with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,12 +14,23 @@ import argparse
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .compare import ComparePipeline, Example
-from .objects import COCO_VOCABULARY, SCENE_VOCABULARY
-from .runtime import load_runner
+from .preflight import DTYPES, PreflightError, check_model, fail
 
-__all__ = ["EMBEDDED_MODEL", "create_demo", "launch", "main", "parse_args", "photo_examples", "scene_examples"]
+if TYPE_CHECKING:
+    from .compare import Example
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "create_demo",
+    "launch",
+    "main",
+    "parse_args",
+    "photo_examples",
+    "scene_examples",
+    "start_demo",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = ROOT / "assets" / "models" / "prunelens-tiny-llava"
@@ -29,6 +43,8 @@ PHOTO_EXAMPLES = ("cheetah.jpg", "lion.jpg", "cheetah1.jpg", "tower.jpg")
 def scene_examples() -> list[Example]:
     """Built-in scenes from simple to complex, each with its exact ground truth."""
     from scenes import generate_scene
+
+    from .compare import Example
 
     out = []
     for complexity, seed in SCENE_EXAMPLES:
@@ -44,6 +60,8 @@ def photo_examples() -> list[Example]:
     """A few real photos shipped with gradio (no ground truth: type it, or compare with the full model)."""
     from gradio.media import get_image
     from PIL import Image
+
+    from .compare import Example
 
     out = []
     for name in PHOTO_EXAMPLES:
@@ -62,8 +80,11 @@ def _is_embedded(model: str) -> bool:
 
 
 @functools.lru_cache(maxsize=2)
-def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_tokens: int = 48):
-    """Load ``model`` once and build the page for it."""
+def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_tokens: int = 48, dtype: str = "auto"):
+    """Load ``model`` once (on ``device``, in ``dtype``: see ``runtime.load_runner``) and build the page for it."""
+    from .compare import ComparePipeline
+    from .objects import COCO_VOCABULARY, SCENE_VOCABULARY
+    from .runtime import load_runner
     from .ui import build_demo
 
     if _is_embedded(model) and not EMBEDDED_MODEL.joinpath("config.json").exists():
@@ -71,7 +92,7 @@ def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_
             f"The embedded model is missing from {EMBEDDED_MODEL}. Reproduce it with `python -m scenes.train` "
             "or pass --model with a LLaVA checkpoint."
         )
-    runner = load_runner(model, device=device)
+    runner = load_runner(model, device=device, dtype=dtype)
     embedded = _is_embedded(model)
     pipeline = ComparePipeline(
         runner,
@@ -91,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="HuggingFace id or local folder of a LLaVA checkpoint (default: the embedded model)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights dtype (default: auto = bfloat16 on CUDA, float16 where bf16 is unsupported, float32 on CPU)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--concurrency", type=int, default=1, help="model requests run at once")
@@ -107,6 +134,29 @@ def launch(demo, args: argparse.Namespace) -> None:
     )
 
 
+def start_demo(args: argparse.Namespace):
+    """``create_demo`` for the parsed options, after ``app.preflight.check_model``.
+
+    A model that fails the checks or fails to load (not available, unsupported, unreadable or
+    truncated weights) ends the process: one line ``prunelens: error: ...`` on stderr, exit status 2.
+    """
+    try:
+        check_model(args.model)
+    except PreflightError as err:
+        if _is_embedded(args.model):
+            fail(f"{err}. The embedded model is incomplete: reproduce it with `python -m scenes.train`.")
+        fail(err)
+    from safetensors import SafetensorError
+
+    try:
+        return create_demo(args.model, args.device, args.max_new_tokens, dtype=args.dtype)
+    except (ValueError, OSError) as err:  # ModelNotAvailableError is an OSError; these name the model
+        fail(err)
+    except (RuntimeError, SafetensorError) as err:  # e.g. a state dict that does not fit the config
+        fail(f"loading model {args.model!r} failed ({type(err).__name__}: {err})")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv``, start the demo and serve it (what ``python app.py`` does)."""
     args = parse_args(argv)
-    launch(create_demo(args.model, args.device, args.max_new_tokens), args)
+    launch(start_demo(args), args)

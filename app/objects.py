@@ -188,15 +188,25 @@ def find_mentions(text: str, vocabulary: Vocabulary) -> list[Mention]:
     return out
 
 
+MAX_TRUTH_CHARS = 1000  # a typed ground truth longer than this is refused, not echoed
+
+
 def parse_truth(text: str, vocabulary: Vocabulary) -> set[str]:
-    """Categories from a user's comma-separated object list; unknown names are a ``ValueError``."""
+    """Categories from a user's comma-separated object list (empty when it names none).
+
+    Unknown names are a ``ValueError`` quoting at most a few of them, each cut short.
+    """
     if not isinstance(text, str):
         raise ValueError("ground truth must be a comma-separated string of object names")
+    if len(text) > MAX_TRUTH_CHARS:
+        raise ValueError(f"the ground truth has {len(text)} characters; the limit is {MAX_TRUTH_CHARS}")
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if vocabulary.canonical(n) is None]
     if unknown:
+        shown = ", ".join(repr(n if len(n) <= 30 else n[:29] + "…") for n in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ValueError(
-            f"unknown object name(s) {unknown} for the {vocabulary.name} vocabulary; "
+            f"unknown object name(s) {shown}{more} for the {vocabulary.name} vocabulary; "
             f"known categories include {', '.join(vocabulary.categories[:12])}, ..."
         )
     return {vocabulary.canonical(n) for n in names}
@@ -213,8 +223,10 @@ def mark_answer(
             for the others is ``"not in full answer"`` instead of ``"hallucinated"``.
     Returns:
         ``{"segments": [(text, label | None), ...], "mentioned": [...], "hallucinated": [...],
-        "missed": [...], "basis": "ground truth" | "full answer" | "none"}``; concatenating the
-        segments' texts gives back ``text``.
+        "not_in_full_answer": [...], "missed": [...], "basis": "ground truth" | "full answer" |
+        "none"}``; concatenating the segments' texts gives back ``text``. ``hallucinated`` is
+        filled only against a ground truth; against the full answer the mentions it lacks are in
+        ``not_in_full_answer`` (they may well be in the image).
     """
     mentions = find_mentions(text, vocabulary)
     if truth is not None:
@@ -237,10 +249,12 @@ def mark_answer(
     if pos < len(text):
         segments.append((text[pos:], None))
     mentioned = sorted({m.category for m in mentions})
+    absent = sorted(c for c in mentioned if known is not None and c not in known)
     return {
         "segments": segments,
         "mentioned": mentioned,
-        "hallucinated": sorted(c for c in mentioned if known is not None and c not in known),
+        "hallucinated": absent if wrong == HALLUCINATED else [],
+        "not_in_full_answer": absent if wrong == NOT_IN_REFERENCE else [],
         "missed": sorted(known - set(mentioned)) if known is not None else [],
         "basis": basis,
     }

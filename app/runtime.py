@@ -516,11 +516,13 @@ class Runner:
         top_p: float | None = None,
         top_k: int | None = None,
         seed: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generation:
         """Answer ``prompt`` about the encoded image from only ``selection``'s visual tokens.
 
         Greedy by default; ``do_sample=True`` with optional ``temperature``, ``top_p``, ``top_k``
-        and ``seed`` samples. ``selection=None`` feeds all N tokens (the unpruned model).
+        and ``seed`` samples. ``selection=None`` feeds all N tokens (the unpruned model). Setting
+        ``cancel`` stops decoding after the current token (``finish_reason == "cancelled"``).
         """
         return self.generate_many(
             encoding,
@@ -532,6 +534,7 @@ class Runner:
             top_p=top_p,
             top_k=top_k,
             seed=seed,
+            cancel=cancel,
         )[0]
 
     def generate_many(
@@ -546,12 +549,16 @@ class Runner:
         top_p: float | None = None,
         top_k: int | None = None,
         seed: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Generation]:
         """One batched ``generate`` call for several selections of one image (left padding).
 
         With greedy decoding each answer equals the one ``generate`` gives for that selection
-        alone. Timings are those of the whole batch (``timings["batch_size"]``).
+        alone. Timings are those of the whole batch (``timings["batch_size"]``). Setting ``cancel``
+        stops decoding after the current token.
         """
+        if cancel is not None and not isinstance(cancel, threading.Event):
+            raise ValueError(f"cancel must be a threading.Event or None, got {type(cancel).__name__}")
         if isinstance(selections, pruning.Selection) or not isinstance(selections, Sequence) or not selections:
             raise ValueError("selections must be a non-empty list of pruning.Selection (or None for all tokens)")
         options = GenerationOptions(
@@ -563,7 +570,7 @@ class Runner:
             seed=seed,
         )
         rows = [self._prepare_row(encoding, prompt, selection, options) for selection in selections]
-        return self._run(encoding, rows, options)
+        return self._run(encoding, rows, options, cancel=cancel)
 
     def generate_stream(
         self,
@@ -962,11 +969,16 @@ def load_runner(
         calibration: a ``Calibration`` or the path of a calibration JSON; by default
             ``prunelens_calibration.json`` beside the weights, else the paper's values (flagged).
         cache_size: how many encodings the runner keeps.
+    Returns:
+        a runner named after the model as people know it: a local folder by its folder name
+        (``prunelens-tiny-llava``, never the server's path), a hub id as given.
     Raises:
         ModelNotAvailableError: not a folder and not cached, and offline or the download failed;
             fails fast (no retries) and says how to make the model available.
         ValueError: an unsupported model (the message lists what is supported) or bad arguments.
     """
+    from .preflight import model_name
+
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a hub id or a folder path, got {model!r}")
     device, dtype = _resolve_device_dtype(device, dtype)
@@ -987,5 +999,5 @@ def load_runner(
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = read_calibration(calibration)
     return Runner.from_model(
-        net, processor, name=model, model_dir=folder, calibration=calibration, cache_size=cache_size
+        net, processor, name=model_name(model), model_dir=folder, calibration=calibration, cache_size=cache_size
     )

@@ -9,13 +9,17 @@ bounded cache.
 
 from __future__ import annotations
 
+import functools
+import html
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
-from .handlers import PROMPT_PRESETS, Handlers
+from .handlers import PROMPT_PRESETS, AnswerCancelled, Handlers
+from .sessions import DEFAULT_SESSION
+from .widgets import RefusedUpload, checked_image
 
 __all__ = ["build_demo", "gpu"]
 
@@ -38,22 +42,50 @@ def gpu(fn: Callable) -> Callable:
     return spaces.GPU(fn)
 
 
+MAX_MESSAGE_CHARS = 300  # error pop-ups are cut to this length
+CACHE_CLEANUP = (60, 900)  # every minute gradio deletes its cached files (overlays, uploads) over 15 min old
+
+
+def message(err: BaseException) -> str:
+    """An exception as a pop-up line: one line, at most MAX_MESSAGE_CHARS, HTML-escaped.
+
+    Gradio renders ``gr.Error`` text as HTML; escaping makes anything a user typed show as text.
+    """
+    text = " ".join((str(err) or type(err).__name__).split())
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return html.escape(text, quote=False)
+
+
 def _guard(fn: Callable) -> Callable:
     """Bad input becomes an on-page error message; anything else is logged, never shown raw."""
 
+    @functools.wraps(fn)  # keeps the signature: gradio reads it to pass ``gr.Request``
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as err:
+            raise gr.Error(message(err.message if hasattr(err, "message") else err), print_exception=False) from None
         except (ValueError, MemoryError, RuntimeError) as err:
-            raise gr.Error(str(err) or type(err).__name__) from None
+            raise gr.Error(message(err), print_exception=False) from None
         except Exception as err:
             log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"))
             raise gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running.") from None
 
-    wrapped.__name__ = getattr(fn, "__name__", "handler")
     return wrapped
+
+
+def _session(request: gr.Request | None) -> str:
+    """The page session an event belongs to (gradio's session hash)."""
+    session = getattr(request, "session_hash", None)
+    return session if isinstance(session, str) and session else DEFAULT_SESSION
+
+
+def _image(value: Any) -> Any:
+    """The image input's value for the handlers; an upload ``CheckedImage`` refused is a ``ValueError``."""
+    if isinstance(value, RefusedUpload):
+        raise ValueError(str(value))
+    return value
 
 
 def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.Blocks:
@@ -69,9 +101,8 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
         else [[ex.image, ex.prompt or PROMPT_PRESETS[0]] for ex in getattr(pipeline, "examples", [])]
     )
 
-    with gr.Blocks(title="PruneLens") as demo:
+    with gr.Blocks(title="PruneLens", delete_cache=CACHE_CLEANUP) as demo:
         key = gr.State("")
-        record = gr.State({})
         gr.Markdown(INTRO)
         gr.Markdown(
             f"Model **{info['model']}** on **{info['device']}** · {info['n_tokens']} visual tokens "
@@ -80,9 +111,8 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.Image(
+                image = checked_image(
                     label="Image",
-                    type="pil",
                     sources=["upload", "clipboard", "webcam"],
                     height=300,
                     format="png",
@@ -93,6 +123,8 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                 truth = gr.Textbox(
                     label="Ground truth objects (optional, comma-separated)",
                     placeholder="e.g. dog, frisbee, person — built-in scenes fill this in themselves",
+                    max_length=1000,
+                    elem_id="truth",
                 )
                 budget = gr.Slider(
                     1,
@@ -114,7 +146,9 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                             param_boxes.append(gr.Checkbox(value=slot.default, label=slot.label, visible=shown))
                         else:
                             param_boxes.append(gr.Number(value=slot.default, label=slot.label, visible=shown))
-                run = gr.Button("Compare answers", variant="primary", elem_id="run")
+                with gr.Row():
+                    run = gr.Button("Compare answers", variant="primary", elem_id="run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 if examples:
                     gr.Examples(examples=examples, inputs=[image, prompt], label="Examples (simple → complex)")
             with gr.Column(scale=2):
@@ -128,37 +162,29 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
         with gr.Row(equal_height=False):
             with gr.Column(min_width=220, elem_id="col-full"):
                 gr.Markdown("### full model")
-                full_image = gr.Image(label="all tokens", interactive=False, height=260)
+                full_image = gr.Image(label="all tokens", interactive=False, height=260, elem_id="overlay-full")
                 full_speed = gr.Markdown()
                 full_answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id="answer-full")
                 full_missed = gr.Markdown()
             cols = []
-            for i, method in enumerate(methods):
+            for method in methods:
                 with gr.Column(
                     min_width=220, visible=method in info["default_methods"], elem_id=f"col-{method}"
                 ) as col:
-                    title = gr.Markdown(f"### {method}")
+                    gr.Markdown(f"### {method}")
                     overlay = gr.Image(
                         label=f"{method} overlay", interactive=False, height=260, elem_id=f"overlay-{method}"
                     )
                     stats = gr.Markdown(elem_id=f"stats-{method}")
-                    speed = gr.Markdown()
+                    speed = gr.Markdown(elem_id=f"speed-{method}")
                     answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id=f"answer-{method}")
                     missed = gr.Markdown()
                 cols.append(
                     dict(
-                        method=method,
-                        col=col,
-                        title=title,
-                        overlay=overlay,
-                        stats=stats,
-                        speed=speed,
-                        answer=answer,
-                        missed=missed,
-                        index=i,
+                        method=method, col=col, overlay=overlay, stats=stats, speed=speed, answer=answer, missed=missed
                     )
                 )
-        answer_summary = gr.Markdown()
+        answer_summary = gr.Markdown(elem_id="answer-summary")
         with gr.Row():
             bars = gr.Plot(label="Methods on this image", elem_id="bars")
             sweep = gr.Plot(label="Budget sweep", elem_id="sweep")
@@ -175,22 +201,30 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                 step_md = gr.Markdown()
         with gr.Accordion("Export", open=False):
             with gr.Row():
-                export_json = gr.Button("Comparison as JSON")
-                export_png = gr.Button("Overlays as PNG")
-            export_file = gr.File(label="Download")
+                export_json = gr.Button("Comparison as JSON", elem_id="export-json")
+                export_png = gr.Button("Overlays as PNG", elem_id="export-png")
+            export_file = gr.File(label="Download", elem_id="export-file")
 
         # -- wiring ---------------------------------------------------------------------------------
         params_in = param_boxes
-        view_outputs = [bars, taus, record]
+        view_outputs = [bars, taus]
         for c in cols:
             view_outputs += [c["col"], c["overlay"], c["stats"]]
+        answer_outputs = [full_answer, full_speed, full_missed, answer_summary]
+        for c in cols:
+            answer_outputs += [c["answer"], c["speed"], c["missed"]]
 
-        def on_view(k, chosen_methods, k_budget, colour, *pvals):
+        def cleared_answers(summary: str) -> list[Any]:
+            """Every answer field emptied, with ``summary`` saying why."""
+            return [None, "", "", summary] + [None, "", ""] * len(cols)
+
+        def on_view(request: gr.Request, k, chosen_methods, k_budget, colour, *pvals):
             if not k:
-                return [gr.skip()] * len(view_outputs)
-            cards, bar_fig, tau_fig, rec = h.view(k, chosen_methods, k_budget, list(pvals), colour)
+                return [gr.skip()] * (len(view_outputs) + len(answer_outputs))
+            session = _session(request)
+            cards, bar_fig, tau_fig, rec = h.view(k, chosen_methods, k_budget, list(pvals), colour, session)
             by_method = {c["method"]: c for c in cards}
-            out = [bar_fig, tau_fig, rec]
+            out = [bar_fig, tau_fig]
             for c in cols:
                 card = by_method.get(c["method"])
                 out += [
@@ -198,23 +232,37 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                     card["overlay"] if card else None,
                     card["stats"] if card else "",
                 ]
+            if rec["answers_stale"]:
+                out += cleared_answers(
+                    "*Answers cleared: the image, budget, methods or parameters changed. "
+                    "Press **Compare answers** for new ones.*"
+                )
+            else:
+                out += [gr.skip()] * len(answer_outputs)
             return out
 
-        def on_load(img):
-            k, md, fig, heat_fig = h.load(img)
-            return k, md, fig, heat_fig, pipeline.view_image(k)
+        def on_load(request: gr.Request, img):
+            k, md, fig, heat_fig = h.load(_image(img), _session(request))
+            return k, md, fig, heat_fig, pipeline.view_image(k, _session(request))
 
-        def on_sweep(k, chosen_methods, *pvals):
-            return h.sweep(k, chosen_methods, list(pvals)) if k else gr.skip()
+        def on_sweep(request: gr.Request, k, chosen_methods, *pvals):
+            return h.sweep(k, chosen_methods, list(pvals), _session(request)) if k else gr.skip()
 
-        answer_outputs = [full_answer, full_speed, full_missed, answer_summary, record]
-        for c in cols:
-            answer_outputs += [c["answer"], c["speed"], c["missed"]]
-
-        def on_answer(k, text, chosen_methods, k_budget, truth_text, rec, *pvals):
-            full, cards, summary, rec_answers = h.answer(k, text, chosen_methods, k_budget, list(pvals), truth_text)
+        def on_answer(request: gr.Request, img, k, text, chosen_methods, k_budget, truth_text, *pvals):
+            session = _session(request)
+            try:
+                full, cards, summary, rec = h.answer(
+                    k, text, chosen_methods, k_budget, list(pvals), truth_text, image=_image(img), session=session
+                )
+            except AnswerCancelled:
+                return cleared_answers("*Stopped: Stop was pressed, the settings changed or a newer request came.*")
+            if not rec["current"]:
+                return cleared_answers(
+                    f"*The settings changed while answering (these answers were for {rec['budget']} tokens); "
+                    "they were discarded. Press **Compare answers** again.*"
+                )
             by_method = dict(zip(h.methods(chosen_methods), cards))
-            out = [full["segments"], full["speed"], full["missed"], summary, {**(rec or {}), **rec_answers}]
+            out = [full["segments"], full["speed"], full["missed"], summary]
             for c in cols:
                 card = by_method.get(c["method"])
                 out += [
@@ -228,8 +276,16 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             """Show only the parameters of the chosen methods (the others keep their values)."""
             return [gr.update(visible=slot.method in (chosen_methods or [])) for slot in h.slots]
 
-        def on_step(k, m, k_budget, s, *pvals):
-            return h.step(k, m, k_budget, s, list(pvals)) if k else (None, "Load an image first.")
+        def on_step(request: gr.Request, k, m, k_budget, s, *pvals):
+            if not k:
+                return None, "Load an image first."
+            return h.step(k, m, k_budget, s, list(pvals), _session(request))
+
+        def on_stop(request: gr.Request):
+            h.stop(_session(request))
+
+        def on_unload(request: gr.Request):
+            pipeline.release(_session(request))
 
         view_inputs = [key, chosen, budget, colour_by, *params_in]
         chosen.change(on_methods, [chosen], param_boxes, api_visibility="private", queue=False)
@@ -239,14 +295,14 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             [key, complexity_md, complexity_plot, heat, full_image],
             api_visibility="private",
         )
-        load_event.then(_guard(on_view), view_inputs, view_outputs, api_visibility="private").then(
+        load_event.then(_guard(on_view), view_inputs, view_outputs + answer_outputs, api_visibility="private").then(
             _guard(on_sweep), [key, chosen, *params_in], [sweep], api_visibility="private"
         )
         for control in (chosen, budget, colour_by, *params_in):
             control.change(
                 _guard(on_view),
                 view_inputs,
-                view_outputs,
+                view_outputs + answer_outputs,
                 api_visibility="private",
                 trigger_mode="always_last",
             )
@@ -260,20 +316,26 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
 
         def on_budget(b):
             """Retention line, and the preset radio follows the slider (cleared off the presets)."""
-            k = int(float(b))
+            try:
+                k = int(float(b))
+            except (TypeError, ValueError):
+                return gr.skip(), gr.skip()
             return f"Retention: {k / info['n_tokens']:.1%}", str(k) if k in presets else None
 
         budget.change(on_budget, [budget], [retention, budget_preset], api_visibility="private", queue=False)
         budget_preset.input(lambda p: int(p), [budget_preset], [budget], api_visibility="private", queue=False)
         preset.input(lambda p: p or gr.skip(), [preset], [prompt], api_visibility="private", queue=False)
-        run.click(_guard(on_view), view_inputs, view_outputs, api_visibility="private").then(
+        answering = run.click(
+            lambda: cleared_answers("*Answering…*"), None, answer_outputs, api_visibility="private", queue=False
+        ).then(
             _guard(gpu(on_answer)),
-            [key, prompt, chosen, budget, truth, record, *params_in],
+            [image, key, prompt, chosen, budget, truth, *params_in],
             answer_outputs,
             api_visibility="private",
             concurrency_id="model",
             concurrency_limit=1,
         )
+        stop.click(_guard(on_stop), None, None, api_visibility="private", queue=False, cancels=[answering])
         for control in (step, step_method):
             control.change(
                 _guard(on_step),
@@ -282,25 +344,35 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
                 api_visibility="private",
                 trigger_mode="always_last",
             )
-        export_json.click(_guard(h.export_json), [record], [export_file], api_visibility="private")
-        overlays = [c["overlay"] for c in cols]
 
-        def on_png(*imgs):
-            return h.export_png([(c["method"], img) for c, img in zip(cols, imgs)])
+        def on_export_json(request: gr.Request):
+            return h.export_json(None, _session(request))
 
-        export_png.click(_guard(on_png), overlays, [export_file], api_visibility="private")
+        def on_export_png(request: gr.Request):
+            return h.export_overlays(_session(request))
+
+        export_json.click(_guard(on_export_json), None, [export_file], api_visibility="private")
+        export_png.click(_guard(on_export_png), None, [export_file], api_visibility="private")
+        demo.unload(on_unload)
 
         def compare(image, prompt, methods="attention,diversity,adaptive", budget=64, truth=""):
-            """Compare pruning methods on one image: per-method selection numbers and answers (JSON)."""
-            names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else methods
+            """Compare pruning methods on one image: per-method selection numbers and answers (JSON).
+
+            ``methods`` is a list of names or one comma-separated string; ``truth`` optional
+            comma-separated object names.
+            """
             return pipeline.compare(
-                image, h.prompt(prompt), h.methods(names), h.budget(budget), truth_text=truth or None
+                _image(image), h.prompt(prompt), h.methods(methods), h.budget(budget), truth_text=h.truth(truth)
             )
 
         api_in = [
-            gr.Image(type="pil", visible=False, label="image"),
+            checked_image(visible=False, label="image"),
             gr.Textbox(visible=False, label="prompt"),
-            gr.Textbox(value=",".join(info["default_methods"]), visible=False, label="methods (comma-separated)"),
+            gr.JSON(
+                value=list(info["default_methods"]),
+                visible=False,
+                label="methods (a list of names, or one comma-separated string)",
+            ),
             gr.Number(value=default_budget, visible=False, label="budget"),
             gr.Textbox(value="", visible=False, label="ground truth objects (comma-separated, optional)"),
         ]

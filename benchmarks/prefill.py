@@ -3,6 +3,7 @@
     python -m benchmarks.prefill                       # random LLaVA-1.5-7B-shaped model, 2 decoder layers
     python -m benchmarks.prefill --layers 4 --repeats 5
     python -m benchmarks.prefill --model PATH_OR_ID     # a real checkpoint (e.g. the embedded model)
+    python -m benchmarks.prefill --dtype float16        # either model in another dtype (default: auto)
 
 For each budget K (576, 192, 128, 64, 32 by default) the same encoded image is pruned with the
 ``attention`` method and answered with one new token; prefill time is the runtime's own
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from app.preflight import DTYPES
 from app.runtime import Runner, load_runner
 from tests.tiny_llava import build_processor, build_tokenizer
 
@@ -175,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the random model (default: 2)")
     parser.add_argument("--vision-layers", type=int, default=2, help="tower layers of the random model")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights dtype (default: auto = float32 on CPU; bfloat16 on CUDA for the random model, "
+        "load_runner's choice for --model)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per budget (median is reported)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="visual-token budgets K")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -185,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     if args.model:
-        runner = load_runner(args.model, device=device)
+        runner = load_runner(args.model, device=device, dtype=args.dtype)
     else:
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        dtype = dtype if args.dtype == "auto" else getattr(torch, args.dtype)
         runner = llava7b_shaped_runner(args.layers, args.vision_layers, device, dtype)
     budgets = tuple(sorted(set(args.budgets), reverse=True))
     text_tokens, rows = measure(runner, budgets, args.repeats)

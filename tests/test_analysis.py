@@ -1,5 +1,6 @@
 """The analysis CLI: scoring fixtures, an end-to-end run, resume, sharding, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -263,6 +264,7 @@ def test_pope_source_reports_bad_lines(tmp_path):
         ({"source": {"kind": "scenes", "per_complexity": 2, "levels": ["easy"]}}, "levels"),
         ({"colour": "blue"}, "unknown key"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"dtype": "float8"}, r"dtype must be one of auto, float32, bfloat16, float16, got 'float8'"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, change, message):
@@ -286,6 +288,23 @@ def test_output_folder_with_another_config_is_refused(tmp_path, runner):
     run_analysis(config(tmp_path, tasks=["exists"], budgets=[3]), runner=runner, progress=False)
     with pytest.raises(ValueError, match="different config"):
         run_analysis(config(tmp_path, tasks=["exists"], budgets=[5]), runner=runner, progress=False)
+
+
+def test_dtype_defaults_to_auto_and_reaches_the_saved_config(tmp_path):
+    assert config(tmp_path).dtype == "auto"
+    chosen = config(tmp_path, dtype="bfloat16")
+    assert chosen.dtype == "bfloat16" and json.loads(chosen.to_json())["dtype"] == "bfloat16"
+
+
+def test_a_run_saved_before_the_dtype_key_resumes(tmp_path, runner):
+    cfg = config(tmp_path, tasks=["exists"], source={"kind": "scenes", "per_complexity": 1, "levels": ["simple"]})
+    output = Path(cfg.output)
+    output.mkdir(parents=True)
+    old = {k: v for k, v in json.loads(cfg.to_json()).items() if k != "dtype"}
+    (output / "config.json").write_text(json.dumps(old))
+    assert run_analysis(cfg, runner=runner, progress=False)["rows"] > 0
+    with pytest.raises(ValueError, match="different config"):
+        run_analysis(dataclasses.replace(cfg, dtype="float16"), runner=runner, progress=False)
 
 
 @pytest.mark.parametrize("name", ["scenes.toml", "hybrid-study.toml"])

@@ -56,7 +56,7 @@ def test_local_folder_loads_and_generates_like_the_in_memory_model(tiny, tiny_fo
     expected = reference.generate(reference.encode(img), PROMPT, max_new_tokens=6)
     assert got.token_ids == expected.token_ids
     meta = runner.metadata
-    assert meta["model"] == str(tiny_folder) and meta["grid"] == (4, 4) and meta["feature_layer"] == -2
+    assert meta["model"] == "tiny-llava" and meta["grid"] == (4, 4) and meta["feature_layer"] == -2
     assert meta["calibration_source"] == "default-llava-1.5"
     assert "app.calibrate" in meta["calibration"]["note"]
 
@@ -146,7 +146,7 @@ def test_calibrate_command_writes_a_file_the_runner_reads(tiny, tmp_path, capsys
     assert calibrate.main([str(folder), str(tmp_path / "images")]) == 0
     out = folder / CALIBRATION_FILE
     data = json.loads(out.read_text())
-    assert data["n_images"] == 5 and data["n_skipped"] == 1 and data["model"] == str(folder)
+    assert data["n_images"] == 5 and data["n_skipped"] == 1 and data["model"] == "model"
     runner = load_runner(str(folder))
     eranks = [runner.encode(image(seed)).image_erank for seed in range(5)]
     assert data["erank_avg"] == pytest.approx(float(np.mean(eranks)), rel=1e-6)

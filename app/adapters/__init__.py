@@ -8,7 +8,9 @@ model-specific constant and transformers-version quirk lives in the family's own
 (``llava.py``); the runtime and the UI never see them.
 
 Families register themselves by ``config.model_type``; ``adapter_for(model, processor)`` picks one
-or refuses the model with a message that lists what is supported.
+or refuses the model with a message that lists what is supported. A family's model type must also be
+listed in ``app.preflight.SUPPORTED_ARCHITECTURES``, the torch-free list the app checks a model
+folder against at start-up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ..preflight import SUPPORTED_ARCHITECTURES
 
 __all__ = [
     "ImageGeometry",
@@ -89,6 +93,11 @@ def register_adapter(model_type: str, description: str) -> Callable[[type], type
     """Class decorator: register an adapter for models whose ``config.model_type`` is ``model_type``."""
 
     def decorator(cls: type) -> type:
+        if model_type not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"model_type {model_type!r} is missing from app.preflight.SUPPORTED_ARCHITECTURES "
+                f"({sorted(SUPPORTED_ARCHITECTURES)}); list it there with its architecture"
+            )
         if model_type in _ADAPTERS:
             raise ValueError(f"an adapter for model_type {model_type!r} is already registered")
         _ADAPTERS[model_type] = (cls, description)

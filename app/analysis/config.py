@@ -11,6 +11,10 @@ kind = "scenes"          # optional: levels = ["simple", "complex"]
 # or kind = "coco" (images, annotations, n_images, seed) / kind = "pope" (questions, images)
 per_complexity = 75
 seed = 100000
+
+Optional top-level keys: ``max_new_tokens`` (default 48), ``device`` (auto, cpu or cuda; default
+auto) and ``dtype`` (auto, float32, bfloat16 or float16; default auto: bfloat16 on CUDA, float16
+where bf16 is unsupported, float32 on CPU), the latter two passed to ``runtime.load_runner``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import tomllib
 import torch
 
 import pruning
+
+from ..preflight import DTYPES
 
 __all__ = ["SOURCE_KINDS", "TASKS", "AnalysisConfig", "MethodSpec", "load_config"]
 
@@ -61,6 +67,7 @@ class AnalysisConfig:
     tasks: tuple[str, ...]
     max_new_tokens: int = 48
     device: str = "auto"
+    dtype: str = "auto"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -112,7 +119,7 @@ def load_config(path: str | Path, **overrides: Any) -> AnalysisConfig:
 
 def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
     """Validate a config mapping, naming the first offending key."""
-    known = {"model", "output", "source", "methods", "budgets", "tasks", "max_new_tokens", "device"}
+    known = {"model", "output", "source", "methods", "budgets", "tasks", "max_new_tokens", "device", "dtype"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -168,6 +175,9 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"{where}: device must be auto, cpu or cuda, got {device!r}")
+    dtype = raw.get("dtype", "auto")
+    if dtype not in DTYPES:
+        raise ValueError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return AnalysisConfig(
         model=str(raw["model"]),
         output=str(raw["output"]),
@@ -177,4 +187,5 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
         tasks=tuple(tasks),
         max_new_tokens=max_new,
         device=device,
+        dtype=dtype,
     )

@@ -179,7 +179,8 @@ def run_analysis(
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(config.to_json()):
+    # A run saved before the dtype key existed ran with its default.
+    if saved.exists() and {"dtype": "auto", **json.loads(saved.read_text())} != json.loads(config.to_json()):
         raise ValueError(f"{output} holds a run with a different config: choose another output folder")
     if rank == 0 and not saved.exists():
         saved.write_text(config.to_json())
@@ -199,7 +200,7 @@ def run_analysis(
         writer.writerows(kept)
 
     if runner is None:
-        runner = load_runner(config.model, device=config.device)
+        runner = load_runner(config.model, device=config.device, dtype=config.dtype)
     vocab = COCO_VOCABULARY if config.source["kind"] != "scenes" else SCENE_VOCABULARY
     start = time.perf_counter()
     todo = [item for item in mine if item.item_id not in complete]

@@ -12,14 +12,15 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
-from .handlers import PROMPT_PRESETS, AnswerCancelled, Handlers
-from .sessions import DEFAULT_SESSION
-from .widgets import RefusedUpload, checked_image
+from .handlers import MAX_PROMPT_CHARS, PROMPT_PRESETS, AnswerCancelled, Handlers
+from .sessions import DEFAULT_SESSION, ServerFullError
+from .widgets import RefusedUpload, upload_value
 
 __all__ = ["build_demo", "gpu"]
 
@@ -57,6 +58,11 @@ def message(err: BaseException) -> str:
     return html.escape(text, quote=False)
 
 
+def markdown_text(text: str) -> str:
+    """``text`` for a Markdown component: cut like ``message`` and with Markdown syntax escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~-])", r"\\\1", message(ValueError(text)))
+
+
 def _guard(fn: Callable) -> Callable:
     """Bad input becomes an on-page error message; anything else is logged, never shown raw."""
 
@@ -81,8 +87,9 @@ def _session(request: gr.Request | None) -> str:
     return session if isinstance(session, str) and session else DEFAULT_SESSION
 
 
-def _image(value: Any) -> Any:
-    """The image input's value for the handlers; an upload ``CheckedImage`` refused is a ``ValueError``."""
+def _image(payload: Any) -> Any:
+    """An image event's raw payload (``preprocess=False``) as a handler input, or a ``ValueError``."""
+    value = upload_value(payload)
     if isinstance(value, RefusedUpload):
         raise ValueError(str(value))
     return value
@@ -111,14 +118,23 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = checked_image(
+                image = gr.Image(
                     label="Image",
+                    type="filepath",
                     sources=["upload", "clipboard", "webcam"],
                     height=300,
                     format="png",
                     elem_id="image",
                 )
-                prompt = gr.Textbox(label="Prompt", value=PROMPT_PRESETS[0], max_lines=4, elem_id="prompt")
+                room = pipeline.prompt_room() if hasattr(pipeline, "prompt_room") else None
+                prompt = gr.Textbox(
+                    label="Prompt",
+                    value=PROMPT_PRESETS[0],
+                    max_lines=4,
+                    max_length=MAX_PROMPT_CHARS,
+                    info=f"At most {room} tokens on this model (about {room * 3} characters)" if room else None,
+                    elem_id="prompt",
+                )
                 preset = gr.Dropdown(list(PROMPT_PRESETS), label="Prompt presets", value=None)
                 truth = gr.Textbox(
                     label="Ground truth objects (optional, comma-separated)",
@@ -219,8 +235,8 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             return [None, "", "", summary] + [None, "", ""] * len(cols)
 
         def on_view(request: gr.Request, k, chosen_methods, k_budget, colour, *pvals):
-            if not k:
-                return [gr.skip()] * (len(view_outputs) + len(answer_outputs))
+            if not k:  # no image (cleared, or it could not be read): nothing to draw or answer
+                return [None, None] + [gr.skip(), None, ""] * len(cols) + cleared_answers("")
             session = _session(request)
             cards, bar_fig, tau_fig, rec = h.view(k, chosen_methods, k_budget, list(pvals), colour, session)
             by_method = {c["method"]: c for c in cards}
@@ -242,11 +258,18 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             return out
 
         def on_load(request: gr.Request, img):
-            k, md, fig, heat_fig = h.load(_image(img), _session(request))
+            """Encode the new image; one that cannot be used clears the page and says why."""
+            if img is None:  # the image was cleared
+                return "", "Load an image to see its complexity.", None, None, None
+            try:
+                k, md, fig, heat_fig = h.load(_image(img), _session(request))
+            except (ValueError, ServerFullError) as err:
+                gr.Warning(message(err))
+                return "", f"**This image cannot be used:** {markdown_text(str(err))}", None, None, None
             return k, md, fig, heat_fig, pipeline.view_image(k, _session(request))
 
         def on_sweep(request: gr.Request, k, chosen_methods, *pvals):
-            return h.sweep(k, chosen_methods, list(pvals), _session(request)) if k else gr.skip()
+            return h.sweep(k, chosen_methods, list(pvals), _session(request)) if k else None
 
         def on_answer(request: gr.Request, img, k, text, chosen_methods, k_budget, truth_text, *pvals):
             session = _session(request)
@@ -294,6 +317,7 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             [image],
             [key, complexity_md, complexity_plot, heat, full_image],
             api_visibility="private",
+            preprocess=False,  # the image reaches the app undecoded (app.widgets); the app checks it
         )
         load_event.then(_guard(on_view), view_inputs, view_outputs + answer_outputs, api_visibility="private").then(
             _guard(on_sweep), [key, chosen, *params_in], [sweep], api_visibility="private"
@@ -334,6 +358,7 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             api_visibility="private",
             concurrency_id="model",
             concurrency_limit=1,
+            preprocess=False,  # raw values: the image undecoded, the rest checked by the handlers
         )
         stop.click(_guard(on_stop), None, None, api_visibility="private", queue=False, cancels=[answering])
         for control in (step, step_method):
@@ -366,7 +391,7 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             )
 
         api_in = [
-            checked_image(visible=False, label="image"),
+            gr.Image(type="filepath", visible=False, label="image"),
             gr.Textbox(visible=False, label="prompt"),
             gr.JSON(
                 value=list(info["default_methods"]),
@@ -385,5 +410,6 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
             api_name="compare",
             concurrency_id="model",
             concurrency_limit=1,
+            preprocess=False,
         )
     return demo

@@ -1,25 +1,24 @@
-"""The one gradio component PruneLens changes: an image input that the app, not gradio, decodes.
+"""Image intake at the page's edge: what gradio hands over is passed on undecoded, with limits checked.
 
 ``gr.Image`` opens (and for ``type="pil"`` fully decodes) an upload before any event handler
 runs, so an unreadable file or a decompression bomb fails inside gradio, where the user sees a
-bare "Error". ``checked_image`` makes a stock ``gr.Image`` whose value reaches handlers as the
-uploaded file's path untouched, or the bytes of a ``data:`` URL after checking its length, so that
-``app.images.load_image`` applies every limit from the header and words every refusal. Only that
-instance's ``preprocess`` is replaced (a subclass would make gradio write a ``.pyi`` stub beside
-this file); in the browser it is the stock image widget.
+bare "Error". The page's image events therefore run with ``preprocess=False`` and pass the raw
+payload through ``upload_value``: the uploaded file's path untouched, or the bytes of a ``data:``
+URL after checking its length. ``app.images.load_image`` then applies every limit from the
+header and words every refusal. (gradio still checks that an uploaded path lies in its own
+upload folder before the handler sees it.)
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from typing import Any
-
-import gradio as gr
 
 from .images import MAX_IMAGE_BYTES
 
-__all__ = ["RefusedUpload", "checked_image", "upload_value"]
+__all__ = ["RefusedUpload", "upload_value"]
 
 
 class RefusedUpload(str):
@@ -27,23 +26,23 @@ class RefusedUpload(str):
 
 
 def upload_value(payload: Any) -> str | bytes | RefusedUpload | None:
-    """A path for uploads, checked bytes for ``data:`` URLs; nothing is decoded here."""
+    """A path for uploads, checked bytes for ``data:`` URLs; nothing is decoded here.
+
+    Args:
+        payload: an image component's raw value: None, a FileData dict (``path``, ``url``) or an
+            object with those attributes.
+    """
     if payload is None:
         return None
-    url = getattr(payload, "url", None)
+    if isinstance(payload, Mapping):
+        url, path = payload.get("url"), payload.get("path")
+    else:
+        url, path = getattr(payload, "url", None), getattr(payload, "path", None)
     if isinstance(url, str) and url.startswith("data:"):
         return _data_url_bytes(url)
-    path = getattr(payload, "path", None)
-    if not path:
+    if not isinstance(path, str) or not path:
         return RefusedUpload("the image arrived without a file: upload it again")
-    return str(path)
-
-
-def checked_image(**kwargs: Any) -> gr.Image:
-    """A ``gr.Image`` (``type="filepath"``) whose handlers receive ``upload_value``'s result."""
-    image = gr.Image(type="filepath", **kwargs)
-    image.preprocess = upload_value  # this instance only: its payload is passed on, undecoded
-    return image
+    return path
 
 
 def _data_url_bytes(url: str) -> bytes | RefusedUpload:

@@ -52,10 +52,10 @@ def message(err: BaseException) -> str:
 
     Gradio renders ``gr.Error`` text as HTML; escaping makes anything a user typed show as text.
     """
-    text = " ".join((str(err) or type(err).__name__).split())
+    text = html.escape(" ".join((str(err) or type(err).__name__).split()), quote=False)
     if len(text) > MAX_MESSAGE_CHARS:
-        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
-    return html.escape(text, quote=False)
+        text = re.sub(r"&[a-z]*$", "", text[: MAX_MESSAGE_CHARS - 1]) + "…"  # never half an entity
+    return text
 
 
 def markdown_text(text: str) -> str:

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     beside = runner.model_dir / CALIBRATION_FILE if runner.model_dir is not None else None
     if beside is None or written.resolve() != beside.resolve():
-        print(f"load it with load_runner({runner.name!r}, calibration={str(written)!r})")
+        print(f"load it with load_runner({args.model!r}, calibration={str(written)!r})")
     return 0
 
 

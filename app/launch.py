@@ -125,12 +125,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def launch(demo, args: argparse.Namespace) -> None:
-    """Serve ``demo``: a bounded queue, model work one request at a time, uploads size-limited.
+    """Serve ``demo``: a bounded queue, model work one request at a time, uploads and bodies size-limited.
 
     Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (gradio reads them itself).
     """
+    from starlette.middleware import Middleware
+
+    from .bodylimit import BodyLimit
+
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64).launch(
-        share=args.share, max_file_size=MAX_UPLOAD, show_error=False
+        share=args.share,
+        max_file_size=MAX_UPLOAD,
+        show_error=False,
+        app_kwargs={"middleware": [Middleware(BodyLimit)]},
     )
 
 

@@ -231,7 +231,7 @@ def paper_calibration(name: str, is_llava15: bool) -> Calibration:
         return Calibration(**values, source="paper-llava-1.5-7b", note=note)
     note = (
         f"{name!r} has no {CALIBRATION_FILE}: LLaVA-1.5-7B's values stand in and may not fit this model; "
-        f"run `python -m app.calibrate {name} IMAGE_FOLDER` to calibrate it"
+        "run `python -m app.calibrate MODEL IMAGE_FOLDER` (MODEL: its hub id or folder) to calibrate it"
     )
     return Calibration(**values, source="default-llava-1.5", note=note)
 

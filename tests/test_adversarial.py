@@ -476,3 +476,49 @@ def test_api_accepts_a_list_of_methods_and_names_the_model(server, scene_file):
     full = out["full"]
     assert full["basis"] == "ground truth"  # the scene's own truth, not the blank typed one
     assert set(full["hallucinated"]) <= set(full["mentioned"]) and "not_in_full_answer" in full
+
+
+def test_api_bodies_over_the_cap_are_refused_unread(server):
+    # Before: any JSON body was read whole (a data: URL of any size reached the app).
+    import httpx
+
+    from app.bodylimit import MAX_BODY_BYTES
+
+    url = httpx.URL(server.client.src)
+    with socket.create_connection((url.host, url.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        reply = conn.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413") and "limit" in reply
+    small = httpx.post(str(url.join("/gradio_api/queue/join")), json={"data": []}, timeout=10)
+    assert small.status_code != 413
+
+
+def test_body_limit_cuts_off_undeclared_streams():
+    import asyncio
+
+    from app.bodylimit import BodyLimit
+
+    seen = []
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    chunks = iter([{"type": "http.request", "body": b"x" * 60, "more_body": True}] * 3)
+
+    async def receive():
+        return next(chunks)
+
+    async def send(message):
+        raise AssertionError("nothing is sent for an undeclared stream")
+
+    asyncio.run(BodyLimit(app, max_bytes=100)({"type": "http", "headers": []}, receive, send))
+    assert seen == ["http.request", "http.disconnect"]
+    with pytest.raises(ValueError, match="positive int"):
+        BodyLimit(app, max_bytes=0)

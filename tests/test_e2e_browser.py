@@ -120,3 +120,45 @@ def test_compare_in_the_browser(app_url, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         browser.close()
+
+
+def test_careless_user_in_the_browser(app_url, tmp_path):
+    """Stale answers are cleared, exports work, bad files and typed HTML come back as plain text."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        page.goto(app_url)
+        page.wait_for_selector("#run", timeout=60_000)
+        page.locator("[data-testid='dataset-cell-1-0']").click()  # the simple scene
+        page.wait_for_selector("#overlay-adaptive img", timeout=60_000)
+        page.locator("#run").click()
+        page.wait_for_function(
+            "() => document.querySelector('#answer-summary').innerText.includes('Answers for')", timeout=90_000
+        )
+        # moving the budget clears the answers instead of leaving them under the new budget
+        number = page.locator("#budget input[type='number']")
+        number.fill("20")
+        number.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#answer-summary').innerText.includes('Answers cleared')", timeout=60_000
+        )
+        # PNG export of what the page shows
+        page.get_by_text("Export", exact=True).click()
+        page.locator("#export-png").click()
+        page.wait_for_selector("#export-file a", timeout=60_000)
+        assert page.locator("#export-file a").first.get_attribute("href").endswith("prunelens-overlays.png")
+        # typed HTML in the ground truth is shown as text in the error pop-up
+        page.locator("#truth textarea").fill("<a id='injected' href='https://example.com'>dog</a>")
+        page.locator("#run").click()
+        page.wait_for_selector("text=unknown object name", timeout=60_000)
+        assert page.locator("#injected").count() == 0
+        # a file that is not an image: the page says so and clears the old image's results
+        bad = tmp_path / "notes.png"
+        bad.write_bytes(b"these are notes, not pixels")
+        page.locator("#image input[type='file']").set_input_files(str(bad))
+        page.wait_for_function(
+            "() => document.querySelector('#complexity').innerText.includes('cannot be used')", timeout=60_000
+        )
+        assert "not an image" in page.inner_text("#complexity")
+        page.wait_for_function("() => !document.querySelector('#overlay-adaptive img')", timeout=60_000)
+        browser.close()

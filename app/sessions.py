@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class SessionStore:
         self._held: OrderedDict[str, _Held] = OrderedDict()  # least recently used first
         self._sessions: dict[str, Session] = {}
         self._lock = threading.RLock()
+        self._export_root: Path | None = None  # made on first export; removed with the store or at exit
 
     # -- entries -----------------------------------------------------------------------------------
 
@@ -296,8 +298,11 @@ class SessionStore:
         """A private folder for the session's export files, emptied of earlier exports."""
         with self._lock:
             s = self._session(session)
+            if self._export_root is None or not self._export_root.is_dir():
+                self._export_root = Path(tempfile.mkdtemp(prefix="prunelens-exports-"))
+                weakref.finalize(self, shutil.rmtree, self._export_root, True)
             if s.export_dir is None or not s.export_dir.is_dir():
-                s.export_dir = Path(tempfile.mkdtemp(prefix="prunelens-export-"))
+                s.export_dir = Path(tempfile.mkdtemp(prefix="session-", dir=self._export_root))
             for old in s.export_dir.iterdir():
                 old.unlink(missing_ok=True)
             return s.export_dir

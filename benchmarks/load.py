@@ -26,7 +26,7 @@ generic "upstream Gradio app has raised an exception" counts as refused but is f
 After request 0 (idle server), every 50 requests and at the end it prints the server's resident
 memory (VmRSS of the ``app.py`` process, MiB), the files under its ``GRADIO_TEMP_DIR`` and folders
 there named like an export (``prunelens*`` / ``*export*``), and the ``prunelens-*`` entries in the
-system temp folder with, of those, the per-session ``prunelens-export-*`` folders (this benchmark's
+system temp folder with, of those, the per-session ``prunelens-exports-*`` folders (this benchmark's
 own ``prunelens-load-*`` folders are left out; other PruneLens processes on the machine count too).
 At the end: per bad case how it was refused and its first message, the longest error message,
 whether any message contained the server's repository path, whether memory grew by more than 20%
@@ -235,7 +235,7 @@ def rss_mib(pid: int) -> float:
 
 def temp_counts(gradio_tmp: Path) -> tuple[int, int, int, int]:
     """Files under GRADIO_TEMP_DIR, export-like folders there, and in the system temp folder the
-    ``prunelens-*`` entries and, of those, the per-session ``prunelens-export-*`` folders."""
+    ``prunelens-*`` entries and, of those, the per-session ``prunelens-exports-*`` folders."""
     files = exports = 0
     for path in gradio_tmp.rglob("*"):
         if path.is_file():
@@ -244,7 +244,7 @@ def temp_counts(gradio_tmp: Path) -> tuple[int, int, int, int]:
             exports += 1
     # prunelens-load-* are this benchmark's own folders (this run's and any other run's), not the server's
     system = [p for p in Path(tempfile.gettempdir()).glob("prunelens-*") if not p.name.startswith("prunelens-load-")]
-    session_exports = sum(p.name.startswith("prunelens-export-") and p.is_dir() for p in system)
+    session_exports = sum(p.name.startswith("prunelens-exports-") and p.is_dir() for p in system)
     return files, exports, len(system), session_exports
 
 
@@ -282,7 +282,7 @@ def run_soak(url: str, proc: subprocess.Popen, tmp: Path, k: int, budget: int, t
         print(
             f"request {i:4d}: server RSS {rss:.0f} MiB, {files} files under GRADIO_TEMP_DIR "
             f"({exports} export folders), {system} prunelens-* in {tempfile.gettempdir()} "
-            f"({session_exports} prunelens-export-* folders); "
+            f"({session_exports} prunelens-exports-* folders); "
             f"good ok {good_ok}, bad refused {bad_refused}, failures {len(failures)}"
         )
 

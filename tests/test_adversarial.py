@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +28,7 @@ from app.objects import COCO_VOCABULARY
 from app.runtime import Runner
 from app.sessions import ServerFullError, SessionStore
 from app.ui import MAX_MESSAGE_CHARS, _guard, build_demo
+from tests.serving import serve_app
 from tests.tiny_llava import build_model, build_processor, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -368,49 +365,13 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_TEMP_DIR": str(folder / "gradio"),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
-    log = open(folder / "app.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--max-new-tokens", "12"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited early:\n{(folder / 'app.log').read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app.py did not start listening within 120 s")
     from gradio_client import Client
 
-    yield SimpleNamespace(client=Client(f"http://127.0.0.1:{port}", verbose=False), folder=folder)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    folder = tmp_path_factory.mktemp("server")
+    with serve_app(folder, "--max-new-tokens", "12", env={"GRADIO_TEMP_DIR": str(folder / "gradio")}) as url:
+        yield SimpleNamespace(client=Client(url, verbose=False), folder=folder)
 
 
 def _call(server, image, prompt="Describe the image.", methods="attention", budget=32, truth=""):

@@ -25,6 +25,7 @@ import pruning
 
 from .images import image_digest, load_image
 from .objects import Vocabulary, mark_answer, parse_truth
+from .runtime import GenerationOptions
 from .sessions import DEFAULT_MAX_BYTES, DEFAULT_SESSION, AnswerCancelled, SessionStore, tensor_bytes
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SESSION", "AnswerCancelled", "ComparePipeline", "Example", "budget_presets"]
@@ -147,7 +148,7 @@ class ComparePipeline:
             "normalized_entropy": encoding.attention_entropy / math.log(encoding.n_tokens)
             if encoding.n_tokens > 1
             else 0.0,
-            "complexity": self._complexity_label(encoding.image_erank),
+            "complexity": self.runner.calibration.bin(encoding.image_erank),
             "calibration": {
                 "erank_avg": cal.erank_avg,
                 "erank_p10": cal.erank_p10,
@@ -193,14 +194,6 @@ class ComparePipeline:
     def release(self, session: str) -> None:
         """Free what ``session`` holds and stop its work (the page's unload event)."""
         self.store.release(session)
-
-    def _complexity_label(self, erank: float) -> str:
-        cal = self.runner.calibration
-        if erank <= cal.erank_p10:
-            return "simple"
-        if erank >= cal.erank_p90:
-            return "complex"
-        return "intermediate"
 
     def _entry(self, key: str, session: str = DEFAULT_SESSION) -> _Entry:
         if not isinstance(key, str) or not key:
@@ -443,7 +436,7 @@ class ComparePipeline:
 
         start = time.perf_counter()
         gens = self.runner.generate_many(
-            entry.encoding, prompt, rows, max_new_tokens=self.max_new_tokens, cancel=cancel
+            entry.encoding, prompt, rows, GenerationOptions(max_new_tokens=self.max_new_tokens), cancel=cancel
         )
         batch_ms = (time.perf_counter() - start) * 1e3
         prefill = {}
@@ -451,7 +444,7 @@ class ComparePipeline:
             for name, sel in zip(names, rows):
                 if stopped():
                     break
-                one = self.runner.generate(entry.encoding, prompt, sel, max_new_tokens=1)
+                one = self.runner.generate(entry.encoding, prompt, sel, GenerationOptions(max_new_tokens=1))
                 prefill[name] = one.timings.get("prefill_ms")
         if stopped():
             raise AnswerCancelled("stopped before the answers were complete")

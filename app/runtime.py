@@ -36,8 +36,6 @@ from transformers import AutoConfig, StoppingCriteria, StoppingCriteriaList, Tex
 from transformers.generation.streamers import BaseStreamer
 
 import pruning
-from pruning.methods.adaptive import ERANK_AVG_LLAVA15_7B
-from pruning.methods.hybrid import ERANK_HI_LLAVA15_7B, ERANK_LO_LLAVA15_7B
 
 from .adapters import ImageGeometry, adapter_for, check_config, load_pretrained, supported_models
 from .images import image_digest, load_image
@@ -106,6 +104,16 @@ class Calibration:
     def method_params(self) -> dict[str, float]:
         """The calibration under the parameter names the pruning methods use."""
         return {"erank_avg": self.erank_avg, "erank_lo": self.erank_p10, "erank_hi": self.erank_p90}
+
+    def bin(self, image_erank: float) -> str:
+        """The image's complexity bin on this model's scale: ``"simple"`` at or below the 10th
+        percentile, ``"complex"`` at or above the 90th, ``"intermediate"`` between (the paper's
+        simple/complex split)."""
+        if image_erank <= self.erank_p10:
+            return "simple"
+        if image_erank >= self.erank_p90:
+            return "complex"
+        return "intermediate"
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,16 +224,21 @@ class _Row:
     method: str
 
 
+def _options(options: Any) -> GenerationOptions:
+    if options is None:
+        return GenerationOptions()
+    if not isinstance(options, GenerationOptions):
+        raise ValueError(f"options must be a GenerationOptions, got {type(options).__name__}")
+    return options
+
+
 # -- calibration ------------------------------------------------------------------------------
 
 
 def paper_calibration(name: str, is_llava15: bool) -> Calibration:
     """methods.md's LLaVA-1.5-7B values, flagged by whether they really belong to ``name``."""
-    values = {
-        "erank_avg": ERANK_AVG_LLAVA15_7B,
-        "erank_p10": ERANK_LO_LLAVA15_7B,
-        "erank_p90": ERANK_HI_LLAVA15_7B,
-    }
+    paper = pruning.LLAVA15_7B
+    values = {"erank_avg": paper["erank_avg"], "erank_p10": paper["erank_lo"], "erank_p90": paper["erank_hi"]}
     if is_llava15:
         note = "LLaVA-1.5 checkpoint without a calibration file: methods.md's LLaVA-1.5-7B values"
         return Calibration(**values, source="paper-llava-1.5-7b", note=note)
@@ -509,46 +522,25 @@ class Runner:
         encoding: Encoding,
         prompt: str,
         selection: pruning.Selection | None = None,
+        options: GenerationOptions | None = None,
         *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        do_sample: bool = False,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         cancel: threading.Event | None = None,
     ) -> Generation:
         """Answer ``prompt`` about the encoded image from only ``selection``'s visual tokens.
 
-        Greedy by default; ``do_sample=True`` with optional ``temperature``, ``top_p``, ``top_k``
-        and ``seed`` samples. ``selection=None`` feeds all N tokens (the unpruned model). Setting
-        ``cancel`` stops decoding after the current token (``finish_reason == "cancelled"``).
+        ``selection=None`` feeds all N tokens (the unpruned model). ``options`` (default: greedy,
+        ``DEFAULT_MAX_NEW_TOKENS``) sets the decoding. Setting ``cancel`` stops decoding after the
+        current token (``finish_reason == "cancelled"``).
         """
-        return self.generate_many(
-            encoding,
-            prompt,
-            [selection],
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            cancel=cancel,
-        )[0]
+        return self.generate_many(encoding, prompt, [selection], options, cancel=cancel)[0]
 
     def generate_many(
         self,
         encoding: Encoding,
         prompt: str,
         selections: Sequence[pruning.Selection | None],
+        options: GenerationOptions | None = None,
         *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        do_sample: bool = False,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         cancel: threading.Event | None = None,
     ) -> list[Generation]:
         """One batched ``generate`` call for several selections of one image (left padding).
@@ -557,18 +549,11 @@ class Runner:
         alone. Timings are those of the whole batch (``timings["batch_size"]``). Setting ``cancel``
         stops decoding after the current token.
         """
-        if cancel is not None and not isinstance(cancel, threading.Event):
-            raise ValueError(f"cancel must be a threading.Event or None, got {type(cancel).__name__}")
         if isinstance(selections, pruning.Selection) or not isinstance(selections, Sequence) or not selections:
             raise ValueError("selections must be a non-empty list of pruning.Selection (or None for all tokens)")
-        options = GenerationOptions(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-        )
+        options = _options(options)
+        if cancel is not None and not isinstance(cancel, threading.Event):
+            raise ValueError(f"cancel must be a threading.Event or None, got {type(cancel).__name__}")
         rows = [self._prepare_row(encoding, prompt, selection, options) for selection in selections]
         return self._run(encoding, rows, options, cancel=cancel)
 
@@ -577,13 +562,7 @@ class Runner:
         encoding: Encoding,
         prompt: str,
         selection: pruning.Selection | None = None,
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        do_sample: bool = False,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
+        options: GenerationOptions | None = None,
     ) -> GenerationStream:
         """Like ``generate``, but returns a ``GenerationStream``: iterate it for text pieces as they
         are produced; its ``generation`` holds the full ``Generation`` afterwards.
@@ -591,14 +570,7 @@ class Runner:
         Input errors are raised here, before anything runs; errors during generation are raised
         by the iteration.
         """
-        options = GenerationOptions(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-        )
+        options = _options(options)
         rows = [self._prepare_row(encoding, prompt, selection, options)]
         streamer = TextIteratorStreamer(self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()

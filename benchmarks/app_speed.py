@@ -21,7 +21,7 @@ from app.compare import ComparePipeline
 from app.handlers import Handlers
 from app.launch import EMBEDDED_MODEL
 from app.objects import SCENE_VOCABULARY
-from app.runtime import load_runner
+from app.runtime import GenerationOptions, load_runner
 
 METHODS = ["attention", "diversity", "adaptive"]
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         answer_only.append((end - mid) * 1e3)
         t0 = time.perf_counter()
         for sel in [None, *pipeline.select(k, METHODS, 64 if n >= 576 else max(1, n // 9)).values()]:
-            runner.generate(runner.encode(image), "Describe the image.", sel, max_new_tokens=1)
+            runner.generate(runner.encode(image), "Describe the image.", sel, GenerationOptions(max_new_tokens=1))
         prefill_only.append((time.perf_counter() - t0) * 1e3)
         longest = max(o["n_new_tokens"] for o in out.values())
 

@@ -33,7 +33,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from app.preflight import DTYPES
-from app.runtime import Runner, load_runner
+from app.runtime import GenerationOptions, Runner, load_runner
 from tests.tiny_llava import build_processor, build_tokenizer
 
 PROMPT = "please describe this image in detail ."
@@ -140,14 +140,14 @@ def measure(runner: Runner, budgets: tuple[int, ...], repeats: int) -> tuple[int
             for k in budgets
         }
     for k in budgets:  # warm-up: first calls pay for lazy initialisation
-        runner.generate(enc, PROMPT, selections[k], max_new_tokens=1)
+        runner.generate(enc, PROMPT, selections[k], GenerationOptions(max_new_tokens=1))
     times: dict[int, list[float]] = {k: [] for k in budgets}
     bare: dict[int, list[float]] = {k: [] for k in budgets}
     memory: dict[int, list[float]] = {k: [] for k in budgets}
     for _ in range(repeats):
         for k in budgets:
             with peak_rss_growth() as rss:
-                gen = runner.generate(enc, PROMPT, selections[k], max_new_tokens=1)
+                gen = runner.generate(enc, PROMPT, selections[k], GenerationOptions(max_new_tokens=1))
             times[k].append(gen.timings["prefill_ms"])
             bare[k].append(bare_forward_ms(runner, embeds[k]))
             cuda_peak = gen.timings["peak_memory_mb"]

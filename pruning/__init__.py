@@ -5,11 +5,13 @@
     sel.keep                      # raster-sorted kept patch indices
     pruning.list_methods()        # every registered method
 
-Methods and metrics follow shared/docs/methods.md; see each ``select_<name>`` docstring.
+Methods and metrics follow docs/methods.md; see each ``select_<name>`` docstring. The paper's
+LLaVA-1.5-7B calibration, which the erank-aware methods default to, is ``pruning.LLAVA15_7B``.
 """
 
 from . import methods  # noqa: F401  (registers every method)
 from .apply import apply_selection
+from .calibration import LLAVA15_7B
 from .methods.adaptive import select_adaptive
 from .methods.attention import select_attention
 from .methods.baselines import select_random, select_uniform
@@ -22,6 +24,7 @@ from .registry import get_method, list_methods, method_params, select, select_ba
 from .types import PruneInputs, Selection
 
 __all__ = [
+    "LLAVA15_7B",
     "PruneInputs",
     "Selection",
     "apply_selection",

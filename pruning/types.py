@@ -1,6 +1,6 @@
 """The two records every pruning method speaks: what it selects from, and what it selected.
 
-Field names follow ``shared/docs/methods.md``: ``feats_pre`` is V, ``feats`` is F, ``cls_attn`` is a,
+Field names follow ``docs/methods.md``: ``feats_pre`` is V, ``feats`` is F, ``cls_attn`` is a,
 ``keys`` is Kv. Both records are frozen; methods never mutate them.
 """
 

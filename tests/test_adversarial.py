@@ -25,7 +25,7 @@ from PIL import Image
 from app.compare import ComparePipeline, Example
 from app.handlers import Handlers
 from app.objects import COCO_VOCABULARY
-from app.runtime import Runner
+from app.runtime import GenerationOptions, Runner
 from app.sessions import ServerFullError, SessionStore
 from app.ui import MAX_MESSAGE_CHARS, _guard, build_demo
 from tests.serving import serve_app
@@ -340,8 +340,8 @@ def test_generation_with_a_set_event_stops_after_one_token(runner, example_image
     enc = runner.encode(example_image)
     stop = threading.Event()
     stop.set()
-    gen = runner.generate(enc, "describe this image", None, max_new_tokens=40, cancel=stop)
-    free = runner.generate(enc, "describe this image", None, max_new_tokens=40)
+    gen = runner.generate(enc, "describe this image", None, GenerationOptions(max_new_tokens=40), cancel=stop)
+    free = runner.generate(enc, "describe this image", None, GenerationOptions(max_new_tokens=40))
     assert len(gen.token_ids) == 1 and gen.finish_reason in ("cancelled", "eos")
     assert len(free.token_ids) > 1 or free.finish_reason == "eos"
 

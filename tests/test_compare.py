@@ -10,7 +10,7 @@ from PIL import Image
 import pruning
 from app.compare import ComparePipeline, Example, budget_presets
 from app.objects import COCO_VOCABULARY
-from app.runtime import Runner
+from app.runtime import GenerationOptions, Runner
 from tests.tiny_llava import build_model, build_processor, build_tokenizer
 
 
@@ -74,7 +74,7 @@ def test_answer_batches_every_method_and_marks_mentions(pipeline):
         pipeline.runner.encode(image(2)),
         "describe this image",
         pipeline.runner.select(pipeline.runner.encode(image(2)), "attention", 4),
-        max_new_tokens=6,
+        GenerationOptions(max_new_tokens=6),
     )
     assert out["attention"]["text"] == single.text
 

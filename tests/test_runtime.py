@@ -15,7 +15,7 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import pruning
-from app.runtime import Calibration, Encoding, Runner
+from app.runtime import Calibration, Encoding, GenerationOptions, Runner
 from tests.tiny_llava import GRID, build_model, build_processor, build_tokenizer
 
 PROMPT = "what is in this image ?"
@@ -89,10 +89,10 @@ def stock_features(model, processor, image) -> torch.Tensor:
 def test_unpruned_and_keep_all_match_stock_generate(tiny, runner, image, encoding):
     model, processor = tiny
     expected = stock_generate(model, processor, runner, image)
-    full = runner.generate(encoding, PROMPT, max_new_tokens=MAX_NEW)
+    full = runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=MAX_NEW))
     keep_all = runner.select(encoding, "attention", N)
     assert keep_all.n_output_tokens == N
-    kept = runner.generate(encoding, PROMPT, keep_all, max_new_tokens=MAX_NEW)
+    kept = runner.generate(encoding, PROMPT, keep_all, GenerationOptions(max_new_tokens=MAX_NEW))
     assert list(full.token_ids) == expected
     assert list(kept.token_ids) == expected
     assert full.n_visual_tokens == kept.n_visual_tokens == N
@@ -132,15 +132,17 @@ def test_pruned_run_matches_k_placeholder_reference(tiny, runner, image, encodin
             visual = model.model.multi_modal_projector(selection.tokens.to(features.dtype))
     assert torch.equal(selection.keep, torch.sort(selection.keep).values)
     expected = reference_generate(model, processor, runner, visual)
-    got = runner.generate(encoding, PROMPT, selection, max_new_tokens=MAX_NEW)
+    got = runner.generate(encoding, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW))
     assert got.n_visual_tokens == visual.shape[0] == budget
     assert list(got.token_ids) == expected
 
 
 def test_pruning_changes_the_answer(runner, encoding):
     """Sanity check that the parity tests are not vacuous: the visual tokens matter."""
-    full = runner.generate(encoding, PROMPT, max_new_tokens=MAX_NEW)
-    few = runner.generate(encoding, PROMPT, runner.select(encoding, "attention", 2), max_new_tokens=MAX_NEW)
+    full = runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=MAX_NEW))
+    few = runner.generate(
+        encoding, PROMPT, runner.select(encoding, "attention", 2), GenerationOptions(max_new_tokens=MAX_NEW)
+    )
     assert full.token_ids != few.token_ids
 
 
@@ -175,10 +177,10 @@ def test_generate_many_equals_separate_calls(runner, encoding):
         runner.select(encoding, "visionzip", 5),
         runner.select(encoding, "diversity", 12),
     ]
-    batched = runner.generate_many(encoding, PROMPT, selections, max_new_tokens=MAX_NEW)
+    batched = runner.generate_many(encoding, PROMPT, selections, GenerationOptions(max_new_tokens=MAX_NEW))
     assert len(batched) == len(selections)
     for selection, many in zip(selections, batched, strict=True):
-        single = runner.generate(encoding, PROMPT, selection, max_new_tokens=MAX_NEW)
+        single = runner.generate(encoding, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW))
         assert many.token_ids == single.token_ids
         assert many.text == single.text
         assert many.n_visual_tokens == single.n_visual_tokens
@@ -187,8 +189,8 @@ def test_generate_many_equals_separate_calls(runner, encoding):
 
 def test_stream_yields_the_same_answer(runner, encoding):
     selection = runner.select(encoding, "attention", 6)
-    expected = runner.generate(encoding, PROMPT, selection, max_new_tokens=MAX_NEW)
-    stream = runner.generate_stream(encoding, PROMPT, selection, max_new_tokens=MAX_NEW)
+    expected = runner.generate(encoding, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW))
+    stream = runner.generate_stream(encoding, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW))
     pieces = list(stream)
     assert len(pieces) > 1
     assert "".join(pieces).strip() == expected.text.strip()
@@ -197,13 +199,15 @@ def test_stream_yields_the_same_answer(runner, encoding):
 
 
 def test_stream_close_stops_early(runner, encoding):
-    with runner.generate_stream(encoding, PROMPT, max_new_tokens=200) as stream:
+    with runner.generate_stream(encoding, PROMPT, None, GenerationOptions(max_new_tokens=200)) as stream:
         next(iter(stream))
     assert stream.generation.timings["n_new_tokens"] < 200
 
 
 def test_generation_record_and_timings(runner, encoding):
-    gen = runner.generate(encoding, PROMPT, runner.select(encoding, "attention", 4), max_new_tokens=MAX_NEW)
+    gen = runner.generate(
+        encoding, PROMPT, runner.select(encoding, "attention", 4), GenerationOptions(max_new_tokens=MAX_NEW)
+    )
     assert isinstance(gen.text, str) and len(gen.token_ids) == MAX_NEW
     assert gen.finish_reason == "length"
     t = gen.timings
@@ -250,8 +254,8 @@ def test_select_fills_in_the_model_calibration(tiny, encoding):
 
 def test_sampling_is_reproducible_with_a_seed(runner, encoding):
     options = {"do_sample": True, "temperature": 1.5, "top_k": 20, "seed": 7, "max_new_tokens": MAX_NEW}
-    first = runner.generate(encoding, PROMPT, **options)
-    again = runner.generate(encoding, PROMPT, **options)
+    first = runner.generate(encoding, PROMPT, None, GenerationOptions(**options))
+    again = runner.generate(encoding, PROMPT, None, GenerationOptions(**options))
     assert first.token_ids == again.token_ids
 
 
@@ -265,10 +269,10 @@ def test_full_select_strategy_feeds_cls_first(tiny):
     image = random_image(4)
     enc = runner.encode(image)
     assert enc.n_tokens == N and enc.prefix.shape[0] == 1
-    gen = runner.generate(enc, PROMPT, max_new_tokens=MAX_NEW)
+    gen = runner.generate(enc, PROMPT, None, GenerationOptions(max_new_tokens=MAX_NEW))
     assert gen.n_visual_tokens == N + 1
     assert list(gen.token_ids) == stock_generate(model, full_processor, runner, image)
-    pruned = runner.generate(enc, PROMPT, runner.select(enc, "attention", 4), max_new_tokens=MAX_NEW)
+    pruned = runner.generate(enc, PROMPT, runner.select(enc, "attention", 4), GenerationOptions(max_new_tokens=MAX_NEW))
     assert pruned.n_visual_tokens == 5
 
 
@@ -287,10 +291,13 @@ def test_cuda_runtime_matches_stock_and_reports_memory(tiny, image):
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
     expected = out[0, inputs["input_ids"].shape[1] :].tolist()
-    gen = runner.generate(enc, PROMPT, max_new_tokens=MAX_NEW)
+    gen = runner.generate(enc, PROMPT, None, GenerationOptions(max_new_tokens=MAX_NEW))
     assert list(gen.token_ids) == expected
     assert gen.timings["peak_memory_mb"] > 0
     selections = [runner.select(enc, "attention", 4), runner.select(enc, "visionzip", 6)]
-    many = runner.generate_many(enc, PROMPT, selections, max_new_tokens=MAX_NEW)
+    many = runner.generate_many(enc, PROMPT, selections, GenerationOptions(max_new_tokens=MAX_NEW))
     for selection, batched in zip(selections, many, strict=True):
-        assert batched.token_ids == runner.generate(enc, PROMPT, selection, max_new_tokens=MAX_NEW).token_ids
+        assert (
+            batched.token_ids
+            == runner.generate(enc, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW)).token_ids
+        )

@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import pruning
 from app.images import MAX_IMAGE_PIXELS, load_image
-from app.runtime import OutOfMemoryError, Runner
+from app.runtime import GenerationOptions, OutOfMemoryError, Runner
 from tests.tiny_llava import build_model, build_processor, build_tokenizer
 
 PROMPT = "what is in this image ?"
@@ -63,7 +63,7 @@ def test_sixteen_bit_and_alpha_conversions_keep_the_picture():
 def test_one_pixel_image_works(runner):
     enc = runner.encode(Image.new("RGB", (1, 1), (200, 10, 10)))
     assert enc.geometry.original_size == (1, 1)
-    gen = runner.generate(enc, PROMPT, runner.select(enc, "attention", 3), max_new_tokens=3)
+    gen = runner.generate(enc, PROMPT, runner.select(enc, "attention", 3), GenerationOptions(max_new_tokens=3))
     assert len(gen.token_ids) == 3
 
 
@@ -124,27 +124,27 @@ def test_non_string_prompt_is_refused(runner, encoding):
 
 def test_over_long_prompt_is_refused(runner, encoding):
     with pytest.raises(ValueError, match="prompt is too long"):
-        runner.generate(encoding, "the cat " * 200, max_new_tokens=1)
+        runner.generate(encoding, "the cat " * 200, None, GenerationOptions(max_new_tokens=1))
 
 
 @pytest.mark.parametrize("max_new_tokens", [0, -3, 5000, 2.5, True, None])
 def test_max_new_tokens_out_of_range_is_refused(runner, encoding, max_new_tokens):
     with pytest.raises(ValueError, match="max_new_tokens"):
-        runner.generate(encoding, PROMPT, max_new_tokens=max_new_tokens)
+        runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=max_new_tokens))
 
 
 def test_max_new_tokens_beyond_the_context_is_refused(runner, encoding):
     with pytest.raises(ValueError, match="leaving at most"):
-        runner.generate(encoding, PROMPT, max_new_tokens=250)
+        runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=250))
 
 
 def test_sampling_options_are_validated(runner, encoding):
     with pytest.raises(ValueError, match="do_sample=True"):
-        runner.generate(encoding, PROMPT, temperature=0.7)
+        runner.generate(encoding, PROMPT, None, GenerationOptions(temperature=0.7))
     with pytest.raises(ValueError, match="top_p"):
-        runner.generate(encoding, PROMPT, do_sample=True, top_p=1.5)
+        runner.generate(encoding, PROMPT, None, GenerationOptions(do_sample=True, top_p=1.5))
     with pytest.raises(ValueError, match="temperature"):
-        runner.generate(encoding, PROMPT, do_sample=True, temperature=0)
+        runner.generate(encoding, PROMPT, None, GenerationOptions(do_sample=True, temperature=0))
 
 
 def test_prompt_text_is_never_a_template_or_a_token(runner, encoding):
@@ -185,14 +185,14 @@ def _raise_once(module: torch.nn.Module, error: Exception = CUDA_OOM):
 
 @pytest.mark.parametrize("error", [CUDA_OOM, CPU_OOM], ids=["cuda", "cpu"])
 def test_out_of_memory_is_reported_and_the_runner_stays_usable(runner, encoding, error):
-    expected = runner.generate(encoding, PROMPT, max_new_tokens=4).token_ids
+    expected = runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=4)).token_ids
     handle = _raise_once(runner.adapter.model.model.language_model, error)
     try:
         with pytest.raises(OutOfMemoryError, match="ran out of memory while generating.*still usable"):
-            runner.generate(encoding, PROMPT, max_new_tokens=4)
+            runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=4))
     finally:
         handle.remove()
-    assert runner.generate(encoding, PROMPT, max_new_tokens=4).token_ids == expected
+    assert runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=4)).token_ids == expected
 
     handle = _raise_once(runner.adapter.model.model.vision_tower, error)
     image = Image.new("RGB", (9, 9), (1, 2, 3 if error is CUDA_OOM else 4))  # not cached yet
@@ -208,7 +208,7 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(runner, encodin
     handle = _raise_once(runner.adapter.model.model.language_model, RuntimeError("shape mismatch"))
     try:
         with pytest.raises(RuntimeError, match="shape mismatch"):
-            runner.generate(encoding, PROMPT, max_new_tokens=4)
+            runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=4))
     finally:
         handle.remove()
 
@@ -216,7 +216,7 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(runner, encodin
 def test_out_of_memory_while_streaming_is_raised_by_the_iteration(runner, encoding):
     handle = _raise_once(runner.adapter.model.model.language_model)
     try:
-        stream = runner.generate_stream(encoding, PROMPT, max_new_tokens=4)
+        stream = runner.generate_stream(encoding, PROMPT, None, GenerationOptions(max_new_tokens=4))
         with pytest.raises(OutOfMemoryError):
             list(stream)
     finally:

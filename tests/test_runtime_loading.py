@@ -13,6 +13,7 @@ from transformers import LlamaConfig
 from app import calibrate
 from app.runtime import (
     CALIBRATION_FILE,
+    GenerationOptions,
     ModelNotAvailableError,
     Runner,
     load_runner,
@@ -52,8 +53,8 @@ def test_local_folder_loads_and_generates_like_the_in_memory_model(tiny, tiny_fo
     assert runner.dtype.is_floating_point and str(runner.device) == "cpu"
     reference = Runner.from_model(*tiny, name="tiny")
     img = image(0)
-    got = runner.generate(runner.encode(img), PROMPT, max_new_tokens=6)
-    expected = reference.generate(reference.encode(img), PROMPT, max_new_tokens=6)
+    got = runner.generate(runner.encode(img), PROMPT, None, GenerationOptions(max_new_tokens=6))
+    expected = reference.generate(reference.encode(img), PROMPT, None, GenerationOptions(max_new_tokens=6))
     assert got.token_ids == expected.token_ids
     meta = runner.metadata
     assert meta["model"] == "tiny-llava" and meta["grid"] == (4, 4) and meta["feature_layer"] == -2
@@ -87,7 +88,10 @@ def test_cached_hub_model_loads_offline(tiny_folder, monkeypatch, tmp_path):
         (snapshot / file.name).write_bytes(file.read_bytes())
     runner = load_runner("prunelens-tests/tiny-llava", cache_dir=tmp_path / "hub")
     assert runner.name == "prunelens-tests/tiny-llava" and runner.model_dir == snapshot
-    assert runner.generate(runner.encode(image(0)), PROMPT, max_new_tokens=2).n_visual_tokens == 16
+    assert (
+        runner.generate(runner.encode(image(0)), PROMPT, None, GenerationOptions(max_new_tokens=2)).n_visual_tokens
+        == 16
+    )
 
 
 def test_offline_missing_model_fails_fast_with_instructions(monkeypatch, tmp_path):

@@ -24,6 +24,7 @@ import pruning
 
 from ..images import load_image
 from ..objects import COCO_VOCABULARY, SCENE_VOCABULARY
+from ..runtime import GenerationOptions
 from .config import AnalysisConfig
 from .scoring import score_answer
 from .sources import Item, Problem, coco_items, pope_items, scene_items
@@ -73,11 +74,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _bin(erank: float, runner: Any) -> str:
-    cal = runner.calibration
-    return "simple" if erank <= cal.erank_p10 else "complex" if erank >= cal.erank_p90 else "intermediate"
-
-
 def _complete_items(rows: list[dict[str, Any]]) -> set[str]:
     counts: dict[str, int] = {}
     expected: dict[str, int] = {}
@@ -94,7 +90,7 @@ def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab:
     base = {
         "item_id": item.item_id,
         "complexity": item.complexity,
-        "complexity_bin": _bin(encoding.image_erank, runner),
+        "complexity_bin": runner.calibration.bin(encoding.image_erank),
         "image_erank": encoding.image_erank,
         "attention_entropy": encoding.attention_entropy,
         "truth": list(item.truth) if item.truth is not None else None,
@@ -137,7 +133,10 @@ def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab:
     for query in item.queries:
         start = time.perf_counter()
         gens = runner.generate_many(
-            encoding, query.prompt, [sel for _, sel in variants], max_new_tokens=config.max_new_tokens
+            encoding,
+            query.prompt,
+            [sel for _, sel in variants],
+            GenerationOptions(max_new_tokens=config.max_new_tokens),
         )
         batch_ms = (time.perf_counter() - start) * 1e3
         for (numbers, _), gen in zip(variants, gens):

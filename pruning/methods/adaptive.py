@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
+from ..calibration import ERANK_AVG_LLAVA15_7B
 from ..geometry import image_erank
 from ..registry import positive, register
 from ..types import PruneInputs, Selection
 from .attention import attention_order, selection_from_order
 from .diversity import cosine_distance
 
-__all__ = ["ERANK_AVG_LLAVA15_7B", "STEP", "TAU_MAX", "adaptive_taus", "select_adaptive"]
+__all__ = ["STEP", "TAU_MAX", "adaptive_taus", "select_adaptive"]
 
 STEP = 0.01  # methods.md §3: τ grows by this per attention rank
 TAU_MAX = 0.25  # methods.md §3: cap on the suppression radius
-ERANK_AVG_LLAVA15_7B = 90.0  # methods.md §3: mean image erank of LLaVA-1.5-7B; calibrate per model
 
 
 def adaptive_taus(ranks: torch.Tensor, image_erank: float, *, step: float, tau_max: float, erank_avg: float):

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..calibration import ERANK_HI_LLAVA15_7B, ERANK_LO_LLAVA15_7B
 from ..geometry import image_erank
 from ..registry import boolean, erank_value, register, unit_interval
 from ..types import PruneInputs, Selection
@@ -13,8 +14,6 @@ from .attention import attention_order, selection_from_order
 from .diversity import cosine_distance, maxmin_greedy
 
 __all__ = [
-    "ERANK_HI_LLAVA15_7B",
-    "ERANK_LO_LLAVA15_7B",
     "RATIO",
     "R_HI",
     "R_LO",
@@ -26,8 +25,6 @@ __all__ = [
 RATIO = 0.5  # methods.md §6: share R of the budget taken by attention
 R_HI = 0.75  # methods.md §7: attention share on the simplest images
 R_LO = 0.25  # methods.md §7: attention share on the most complex images
-ERANK_LO_LLAVA15_7B = 60.0  # methods.md §7: simple-image erank of LLaVA-1.5-7B (uncalibrated)
-ERANK_HI_LLAVA15_7B = 120.0  # methods.md §7: complex-image erank of LLaVA-1.5-7B (uncalibrated)
 
 
 def _mix(name: str, inputs: PruneInputs, budget: int, ratio: float, dist: torch.Tensor, info: dict) -> Selection:

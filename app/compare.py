@@ -23,9 +23,9 @@ from PIL import Image
 
 import pruning
 
-from .images import image_digest, load_image
 from .objects import Vocabulary, mark_answer, parse_truth
 from .runtime import GenerationOptions
+from .runtime.images import image_digest, load_image
 from .sessions import DEFAULT_MAX_BYTES, DEFAULT_SESSION, AnswerCancelled, SessionStore, tensor_bytes
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SESSION", "AnswerCancelled", "ComparePipeline", "Example", "budget_presets"]

@@ -27,7 +27,7 @@ from visualizers import (
     tau_schedule_figure,
 )
 
-from .images import ImageFileMissing
+from .runtime.images import ImageFileMissing
 from .sessions import DEFAULT_SESSION, AnswerCancelled
 
 __all__ = ["MAX_PROMPT_CHARS", "PROMPT_PRESETS", "AnswerCancelled", "Handlers", "ParamSlot", "brief"]

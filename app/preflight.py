@@ -5,7 +5,7 @@ unreadable config, an unsupported architecture or truncated weights are reported
 instead of after the model libraries have loaded. A hub id (``owner/name``) passes: loading decides.
 ``fail`` reports any start-up error the same way: one line on stderr, exit status 2.
 
-``SUPPORTED_ARCHITECTURES`` is the one list of supported model types: ``app.adapters`` refuses to
+``SUPPORTED_ARCHITECTURES`` is the one list of supported model types: ``app.runtime.adapters`` refuses to
 register an adapter whose model type is missing from it.
 """
 
@@ -28,7 +28,7 @@ __all__ = [
     "model_name",
 ]
 
-# config.json's model_type -> the transformers architecture its adapter (app.adapters) runs.
+# config.json's model_type -> the transformers architecture its adapter (app.runtime.adapters) runs.
 SUPPORTED_ARCHITECTURES = {"llava": "LlavaForConditionalGeneration"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # what runtime.load_runner accepts by name
 # owner/name as huggingface_hub validates it: at most 96 characters of [A-Za-z0-9_.-], no edge '-' or '.'.

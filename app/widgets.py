@@ -4,7 +4,7 @@
 runs, so an unreadable file or a decompression bomb fails inside gradio, where the user sees a
 bare "Error". The page's image events therefore run with ``preprocess=False`` and pass the raw
 payload through ``upload_value``: the uploaded file's path untouched, or the bytes of a ``data:``
-URL after checking its length. ``app.images.load_image`` then applies every limit from the
+URL after checking its length. ``app.runtime.images.load_image`` then applies every limit from the
 header and words every refusal. (gradio still checks that an uploaded path lies in its own
 upload folder before the handler sees it.)
 """
@@ -16,7 +16,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from .images import MAX_IMAGE_BYTES
+from .runtime.images import MAX_IMAGE_BYTES
 
 __all__ = ["RefusedUpload", "upload_value"]
 

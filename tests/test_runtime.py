@@ -177,14 +177,32 @@ def test_generate_many_equals_separate_calls(runner, encoding):
         runner.select(encoding, "visionzip", 5),
         runner.select(encoding, "diversity", 12),
     ]
-    batched = runner.generate_many(encoding, PROMPT, selections, GenerationOptions(max_new_tokens=MAX_NEW))
-    assert len(batched) == len(selections)
-    for selection, many in zip(selections, batched, strict=True):
-        single = runner.generate(encoding, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW))
-        assert many.token_ids == single.token_ids
-        assert many.text == single.text
-        assert many.n_visual_tokens == single.n_visual_tokens
-        assert many.timings["batch_size"] == len(selections)
+    share = runner.padding_share
+    try:
+        for runner.padding_share, expected_sizes in ((1.0, [5] * 5), (share, None)):
+            batched = runner.generate_many(encoding, PROMPT, selections, GenerationOptions(max_new_tokens=MAX_NEW))
+            assert len(batched) == len(selections)
+            for selection, many in zip(selections, batched, strict=True):
+                single = runner.generate(encoding, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW))
+                assert many.token_ids == single.token_ids
+                assert many.text == single.text
+                assert many.n_visual_tokens == single.n_visual_tokens
+            if expected_sizes:
+                assert [g.timings["batch_size"] for g in batched] == expected_sizes
+    finally:
+        runner.padding_share = share
+
+
+def test_rows_share_a_call_only_while_padding_stays_small():
+    from app.runtime.generation import group_rows
+
+    # LLaVA-1.5 at 64 tokens: the full row (576 + 20) runs apart from the three pruned rows (64 + 20)
+    assert group_rows([596, 84, 84, 84]) == [[0], [1, 2, 3]]
+    assert group_rows([596, 84, 84, 84], 1.0) == [[0, 1, 2, 3]]
+    assert group_rows([10, 10, 10], 0.0) == [[0, 1, 2]]
+    assert group_rows([100, 90, 50, 80], 0.1) == [[0, 1, 3], [2]]
+    assert group_rows([100, 90, 50, 80], 0.25) == [[0, 1, 2, 3]]
+    assert group_rows([]) == []
 
 
 def test_stream_yields_the_same_answer(runner, encoding):

@@ -11,8 +11,8 @@ from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import pruning
-from app.images import MAX_IMAGE_PIXELS, load_image
 from app.runtime import GenerationOptions, OutOfMemoryError, Runner
+from app.runtime.images import MAX_IMAGE_PIXELS, load_image
 from tests.tiny_llava import build_model, build_processor, build_tokenizer
 
 PROMPT = "what is in this image ?"

@@ -165,7 +165,7 @@ def test_preflight_needs_no_heavy_imports():
 
 
 def test_every_registered_adapter_is_in_the_preflight_list():
-    from app.adapters import _ADAPTERS
+    from app.runtime.adapters import _ADAPTERS
 
     assert set(_ADAPTERS) == set(preflight.SUPPORTED_ARCHITECTURES)
     for model_type, (cls, _) in _ADAPTERS.items():
@@ -221,7 +221,7 @@ def test_bad_dtype_exits_2_naming_the_value_and_the_choices(capsys):
 
 
 def test_every_dtype_choice_is_one_load_runner_accepts():
-    from app.runtime import _resolve_device_dtype
+    from app.runtime import resolve_device_dtype as _resolve_device_dtype
 
     for name in preflight.DTYPES:
         _resolve_device_dtype("cpu", name)

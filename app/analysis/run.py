@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 import pruning
 
-from ..images import load_image
 from ..objects import COCO_VOCABULARY, SCENE_VOCABULARY
 from ..runtime import GenerationOptions
+from ..runtime.images import load_image
 from .config import AnalysisConfig
 from .scoring import score_answer
 from .sources import Item, Problem, coco_items, pope_items, scene_items

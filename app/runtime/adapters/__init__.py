@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..preflight import SUPPORTED_ARCHITECTURES
+from ...preflight import SUPPORTED_ARCHITECTURES
 
 __all__ = [
     "ImageGeometry",

@@ -5,8 +5,10 @@
 The adaptive method's ``erank_avg`` and hybrid-erank's ``erank_lo`` / ``erank_hi`` are properties of
 the model (methods.md §3, §7): the mean and the 10th / 90th percentiles of erank(F) over images the
 model typically sees. This command encodes every image in a folder (recursively), computes those
-three numbers and saves them as ``prunelens_calibration.json`` beside the model's weights (or at
-``--out``), where ``load_runner`` picks them up.
+three numbers and saves them where ``load_runner`` picks them up: ``prunelens_calibration.json``
+beside a local folder's weights, or, for a hub id, in the user's calibration store
+(``app.runtime.calibration_home()``: ``~/.config/prunelens/calibration``, or ``$PRUNELENS_HOME``),
+which a new snapshot or a hub-cache clean-up leaves alone; ``--out`` writes elsewhere.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .runtime import CALIBRATION_FILE, Calibration, Runner, load_runner
+from .runtime import CALIBRATION_FILE, Calibration, Runner, load_runner, stored_calibration_path
 
-__all__ = ["IMAGE_SUFFIXES", "calibrate", "find_images", "main", "summarize", "write_calibration"]
+__all__ = ["IMAGE_SUFFIXES", "calibrate", "default_output", "find_images", "main", "summarize", "write_calibration"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 LOW_PERCENTILE = 10  # methods.md §7: e_lo is the 10th percentile image erank
@@ -110,11 +112,18 @@ def write_calibration(calibration: Calibration, path: str | Path, runner: Runner
     return path
 
 
+def default_output(model: str) -> Path:
+    """Where ``load_runner(model)`` looks: beside a local folder's weights, else the user's store."""
+    return Path(model) / CALIBRATION_FILE if Path(model).is_dir() else stored_calibration_path(model)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="hub id or local folder of a supported model")
     parser.add_argument("images", help="folder of typical images (searched recursively)")
-    parser.add_argument("--out", help=f"where to write the JSON (default: {CALIBRATION_FILE} beside the weights)")
+    parser.add_argument(
+        "--out", help=f"where to write the JSON (default: {CALIBRATION_FILE} beside a folder's weights, or the store)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images (sorted order)")
@@ -125,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         images = find_images(args.images)[: args.limit]
         runner = load_runner(args.model, device=args.device, dtype=args.dtype)
-        out = Path(args.out) if args.out is not None else runner.model_dir / CALIBRATION_FILE
+        out = Path(args.out) if args.out is not None else default_output(args.model)
         calibration, report = calibrate(runner, images)
         written = write_calibration(calibration, out, runner, report)
     except (ValueError, OSError) as err:  # bad folders, unavailable or unsupported models, unwritable output
@@ -136,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{calibration.erank_p10:.2f}, 90th percentile {calibration.erank_p90:.2f} over "
         f"{calibration.n_images} images ({len(report['skipped'])} skipped) -> {written}"
     )
-    beside = runner.model_dir / CALIBRATION_FILE if runner.model_dir is not None else None
-    if beside is None or written.resolve() != beside.resolve():
+    if written.resolve() != default_output(args.model).resolve():
         print(f"load it with load_runner({args.model!r}, calibration={str(written)!r})")
     return 0
 

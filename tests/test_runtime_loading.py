@@ -62,9 +62,28 @@ def test_local_folder_loads_and_generates_like_the_in_memory_model(tiny, tiny_fo
     assert "app.calibrate" in meta["calibration"]["note"]
 
 
-def test_calibration_sources(tiny, tmp_path):
+def test_llava15_is_recognised_from_its_config_not_its_name():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, MistralConfig
+
+    from app.runtime.adapters.llava import is_llava15_config
+
+    clip = CLIPVisionConfig(
+        hidden_size=1024, num_attention_heads=16, num_hidden_layers=24, image_size=336, patch_size=14
+    )
+    llava15_7b = LlavaConfig(vision_config=clip, text_config=LlamaConfig(hidden_size=4096, num_hidden_layers=32))
+    llava15_13b = LlavaConfig(vision_config=clip, text_config=LlamaConfig(hidden_size=5120, num_hidden_layers=40))
+    bakllava = LlavaConfig(vision_config=clip, text_config=MistralConfig(hidden_size=4096, num_hidden_layers=32))
+    other_layer = LlavaConfig(
+        vision_config=clip, text_config=LlamaConfig(hidden_size=4096, num_hidden_layers=32), vision_feature_layer=-1
+    )
+    assert is_llava15_config(llava15_7b) and is_llava15_config(llava15_13b)
+    assert not is_llava15_config(bakllava) and not is_llava15_config(other_layer)
+
+
+def test_calibration_sources(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path / "home"))
     llava15 = save_tiny(tiny, tmp_path / "llava-1.5-tiny")
-    assert load_runner(str(llava15)).calibration.source == "paper-llava-1.5-7b"
+    assert load_runner(str(llava15)).calibration.source == "default-llava-1.5"  # a name proves nothing
     values = {"erank_avg": 9.5, "erank_p10": 7.0, "erank_p90": 12.0, "n_images": 4}
     (llava15 / CALIBRATION_FILE).write_text(json.dumps(values))
     calibration = load_runner(str(llava15)).calibration
@@ -187,3 +206,17 @@ def test_calibrate_command_reports_errors_without_a_traceback(tiny_folder, tmp_p
     image(0).save(tmp_path / "only.png")
     assert calibrate.main([str(tiny_folder), str(tmp_path)]) == 1
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_a_hub_models_calibration_lives_in_the_users_store(tiny, tmp_path, monkeypatch):
+    from app.runtime import stored_calibration_path
+
+    monkeypatch.setenv("PRUNELENS_HOME", str(tmp_path / "home"))
+    path = stored_calibration_path("some-org/some-llava")
+    assert path.parent == tmp_path / "home" / "calibration" and "/" not in path.name
+    assert calibrate.default_output("some-org/some-llava") == path
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"erank_avg": 9.5, "erank_p10": 7.0, "erank_p90": 12.0, "n_images": 4}))
+    runner = Runner.from_model(*tiny, name="some-org/some-llava", hub_id="some-org/some-llava")
+    assert runner.calibration.source == "file" and runner.calibration.erank_avg == 9.5
+    assert Runner.from_model(*tiny, name="other").calibration.source == "default-llava-1.5"

@@ -165,10 +165,10 @@ def test_preflight_needs_no_heavy_imports():
 
 
 def test_every_registered_adapter_is_in_the_preflight_list():
-    from app.runtime.adapters import _ADAPTERS
+    from app.runtime.adapters import registered_adapters
 
-    assert set(_ADAPTERS) == set(preflight.SUPPORTED_ARCHITECTURES)
-    for model_type, (cls, _) in _ADAPTERS.items():
+    assert set(registered_adapters()) == set(preflight.SUPPORTED_ARCHITECTURES)
+    for model_type, cls in registered_adapters().items():
         assert sys.modules[cls.__module__].ARCHITECTURE == preflight.SUPPORTED_ARCHITECTURES[model_type]
 
 

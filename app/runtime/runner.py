@@ -24,7 +24,7 @@ from transformers import TextIteratorStreamer
 
 import pruning
 
-from .adapters import adapter_for
+from .adapters import Adapter, adapter_for
 from .calibration import Calibration, find_calibration
 from .generation import MAX_PADDING_SHARE, GenerationStream, Row, group_rows, oom_guard, prepare_row, run_rows, sync
 from .images import image_digest, load_image
@@ -52,7 +52,7 @@ class Runner:
 
     def __init__(
         self,
-        adapter: Any,
+        adapter: Adapter,
         *,
         calibration: Calibration,
         model_dir: str | os.PathLike | None = None,

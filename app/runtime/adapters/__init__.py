@@ -5,7 +5,8 @@ becomes pixels (and which part of the image the patch grid covers), how the prun
 (V, F, a, Kv, [CLS]) are read out of the vision tower, how merged tokens are projected, how a prompt
 becomes token ids around one image placeholder, and how ids become input embeddings. Every
 model-specific constant and transformers-version quirk lives in the family's own file
-(``llava.py``); the runtime and the UI never see them.
+(``llava.py``); the runtime and the UI never see them. ``base.py`` holds the
+``Adapter`` protocol the runtime types against, the records adapters return and the registry.
 
 Families register themselves by ``config.model_type``; ``adapter_for(model, processor)`` picks one
 or refuses the model with a message that lists what is supported. A family's model type must also be
@@ -13,130 +14,27 @@ listed in ``app.preflight.SUPPORTED_ARCHITECTURES``, the torch-free list the app
 folder against at start-up.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-
-from ...preflight import SUPPORTED_ARCHITECTURES
+from . import llava  # noqa: F401  (registers the LLaVA family)
+from .base import (
+    Adapter,
+    ImageGeometry,
+    VisualFeatures,
+    adapter_for,
+    check_config,
+    load_pretrained,
+    register_adapter,
+    registered_adapters,
+    supported_models,
+)
 
 __all__ = [
+    "Adapter",
     "ImageGeometry",
     "VisualFeatures",
     "adapter_for",
     "check_config",
     "load_pretrained",
     "register_adapter",
+    "registered_adapters",
     "supported_models",
 ]
-
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """Where the model's patch grid lies on the image the user gave (for overlays).
-
-    Attributes:
-        original_size: (width, height) of the image as given, in pixels.
-        crop_box: (left, top, right, bottom) of the region the grid covers, in original-image pixel
-            coordinates (may extend past the image when the processor pads to a square).
-        input_size: (height, width) of the pixel tensor the vision tower receives.
-        patch_size: side of one patch in input pixels.
-        grid: (rows, cols) of patches; patch ``i`` sits at row ``i // cols``, column ``i % cols``.
-    """
-
-    original_size: tuple[int, int]
-    crop_box: tuple[float, float, float, float]
-    input_size: tuple[int, int]
-    patch_size: int
-    grid: tuple[int, int]
-
-    def patch_box(self, index: int) -> tuple[float, float, float, float]:
-        """(left, top, right, bottom) of patch ``index`` in original-image coordinates."""
-        rows, cols = self.grid
-        if not 0 <= index < rows * cols:
-            raise ValueError(f"patch index {index} is outside the {rows} x {cols} grid")
-        left, top, right, bottom = self.crop_box
-        w, h = (right - left) / cols, (bottom - top) / rows
-        r, c = divmod(index, cols)
-        return (left + c * w, top + r * h, left + (c + 1) * w, top + (r + 1) * h)
-
-
-@dataclass(frozen=True)
-class VisualFeatures:
-    """One image's vision-tower read-out, before it becomes ``PruneInputs``.
-
-    Attributes:
-        feats_pre: V, (N, C) feature-layer hidden states of the patches, [CLS] dropped.
-        feats: F, (N, D) V through the multimodal projector.
-        cls_attn: a, (N,) head-averaged [CLS] attention to the patches in the feature layer.
-        keys: Kv, (N, hd) head-averaged keys of the patches in the feature layer.
-        cls_feat: (C,) feature-layer hidden state of [CLS].
-        prefix: (P, D) tokens the LLM always receives ahead of the patches (P = 1 when the model
-            feeds its projected [CLS], i.e. the "full" select strategy; P = 0 otherwise).
-    """
-
-    feats_pre: torch.Tensor
-    feats: torch.Tensor
-    cls_attn: torch.Tensor
-    keys: torch.Tensor
-    cls_feat: torch.Tensor
-    prefix: torch.Tensor
-
-
-_ADAPTERS: dict[str, tuple[type, str]] = {}
-
-
-def register_adapter(model_type: str, description: str) -> Callable[[type], type]:
-    """Class decorator: register an adapter for models whose ``config.model_type`` is ``model_type``."""
-
-    def decorator(cls: type) -> type:
-        if model_type not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(
-                f"model_type {model_type!r} is missing from app.preflight.SUPPORTED_ARCHITECTURES "
-                f"({sorted(SUPPORTED_ARCHITECTURES)}); list it there with its architecture"
-            )
-        if model_type in _ADAPTERS:
-            raise ValueError(f"an adapter for model_type {model_type!r} is already registered")
-        _ADAPTERS[model_type] = (cls, description)
-        return cls
-
-    return decorator
-
-
-def supported_models() -> list[str]:
-    """One line per supported model family (for error messages and the app's about box)."""
-    return [f"{model_type}: {description}" for model_type, (_, description) in _ADAPTERS.items()]
-
-
-def _unsupported(what: str) -> ValueError:
-    lines = "\n  - ".join(supported_models())
-    return ValueError(f"{what} is not supported by PruneLens. Supported models:\n  - {lines}")
-
-
-def check_config(config: Any, name: str) -> None:
-    """Refuse a config no adapter handles, before any weights are loaded."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _ADAPTERS:
-        raise _unsupported(f"model {name!r} (model_type {model_type!r})")
-    _ADAPTERS[model_type][0].check_config(config, name)
-
-
-def load_pretrained(config: Any, folder: Any, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Load the (model, processor) of a checked config from a local folder, on the CPU in ``dtype``."""
-    return _ADAPTERS[config.model_type][0].load(folder, dtype)
-
-
-def adapter_for(model: Any, processor: Any, name: str | None = None) -> Any:
-    """The adapter instance for ``model`` (an in-memory transformers model) and its ``processor``."""
-    config = getattr(model, "config", None)
-    name = name or getattr(config, "name_or_path", None) or type(model).__name__
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _ADAPTERS:
-        raise _unsupported(f"model {name!r} ({type(model).__name__}, model_type {model_type!r})")
-    return _ADAPTERS[model_type][0](model, processor, name=name)
-
-
-from . import llava  # noqa: E402,F401  (registers the LLaVA family)

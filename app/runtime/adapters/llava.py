@@ -28,15 +28,34 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from . import ImageGeometry, VisualFeatures, register_adapter
+from .base import ImageGeometry, VisualFeatures, register_adapter
 
-__all__ = ["LlavaAdapter", "cls_attention_and_keys"]
+__all__ = ["LlavaAdapter", "cls_attention_and_keys", "is_llava15_config"]
 
 ARCHITECTURE = "LlavaForConditionalGeneration"
 VISION_MODEL_TYPES = ("clip_vision_model",)
 SELECT_STRATEGIES = ("default", "full")
-# Substrings of a checkpoint name that mark LLaVA-1.5, whose paper calibration methods.md gives.
-LLAVA15_NAME_MARKERS = ("llava-1.5", "llava-v1.5", "llava_v1.5", "llava1.5")
+# LLaVA-1.5's shape, whose paper calibration methods.md gives: a Llama/Vicuna decoder of 7B
+# (4096 wide, 32 layers) or 13B (5120, 40), CLIP ViT-L/14 at 336 px (1024 wide, 24 layers), features
+# from layer -2 with [CLS] dropped, a two-layer GELU projector.
+LLAVA15_TEXT_SHAPES = ((4096, 32), (5120, 40))
+LLAVA15_VISION_SHAPE = {"hidden_size": 1024, "num_hidden_layers": 24, "image_size": 336, "patch_size": 14}
+
+
+def is_llava15_config(config: Any) -> bool:
+    """Whether a LLaVA config has LLaVA-1.5's architecture (read from the config, never the name)."""
+    text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
+    if text is None or vision is None:
+        return False
+    return (
+        getattr(text, "model_type", None) == "llama"
+        and (getattr(text, "hidden_size", None), getattr(text, "num_hidden_layers", None)) in LLAVA15_TEXT_SHAPES
+        and getattr(vision, "model_type", None) == "clip_vision_model"
+        and all(getattr(vision, key, None) == value for key, value in LLAVA15_VISION_SHAPE.items())
+        and getattr(config, "vision_feature_layer", None) == -2
+        and getattr(config, "vision_feature_select_strategy", None) == "default"
+        and getattr(config, "projector_hidden_act", None) == "gelu"
+    )
 
 
 def cls_attention_and_keys(layer: torch.nn.Module, hidden_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,9 +204,8 @@ class LlavaAdapter:
         return 1 if self.select_strategy == "full" else 0
 
     def is_llava15(self) -> bool:
-        """True when the checkpoint's name marks it as LLaVA-1.5 (methods.md's calibration applies)."""
-        name = (self.name or "").lower()
-        return any(marker in name for marker in LLAVA15_NAME_MARKERS)
+        """True when the checkpoint has LLaVA-1.5's architecture (methods.md's calibration applies)."""
+        return is_llava15_config(self.model.config)
 
     def describe(self) -> dict[str, Any]:
         """Plain-value summary for runner metadata."""

@@ -26,10 +26,10 @@ from app.compare import ComparePipeline, Example
 from app.handlers import Handlers
 from app.objects import COCO_VOCABULARY
 from app.runtime import GenerationOptions, Runner
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 from app.sessions import ServerFullError, SessionStore
 from app.ui import MAX_MESSAGE_CHARS, _guard, build_demo
 from tests.serving import serve_app
-from tests.tiny_llava import build_model, build_processor, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from app.analysis.sources import Problem, coco_items, pope_items
 from app.analyze import main
 from app.objects import COCO_VOCABULARY, SCENE_VOCABULARY
 from app.runtime import Runner
-from tests.tiny_llava import build_model, build_processor, build_tokenizer
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"select_ms", "batch_ms"}

@@ -11,7 +11,7 @@ import pruning
 from app.compare import ComparePipeline, Example, budget_presets
 from app.objects import COCO_VOCABULARY
 from app.runtime import GenerationOptions, Runner
-from tests.tiny_llava import build_model, build_processor, build_tokenizer
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from app.compare import ComparePipeline
 from app.handlers import Handlers
 from app.objects import COCO_VOCABULARY
 from app.runtime import Runner
-from tests.tiny_llava import build_model, build_processor, build_tokenizer
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Runtime parity: pruned generation through ``app.runtime`` against stock transformers paths.
 
-Every check runs a tiny random LLaVA built in memory (see ``tiny_llava.py``) with greedy decoding
+Every check runs a tiny random LLaVA built in memory (``app.runtime.synthetic``) with greedy decoding
 in float32 on CPU, where the paths must agree token for token.
 """
 
@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import pruning
 from app.runtime import Calibration, Encoding, GenerationOptions, Runner
-from tests.tiny_llava import GRID, build_model, build_processor, build_tokenizer
+from app.runtime.synthetic import GRID, build_model, build_processor, build_tokenizer
 
 PROMPT = "what is in this image ?"
 MAX_NEW = 10

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import pruning
 from app.runtime import GenerationOptions, OutOfMemoryError, Runner
 from app.runtime.images import MAX_IMAGE_PIXELS, load_image
-from tests.tiny_llava import build_model, build_processor, build_tokenizer
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 
 PROMPT = "what is in this image ?"
 

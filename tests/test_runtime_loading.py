@@ -19,7 +19,7 @@ from app.runtime import (
     load_runner,
     read_calibration,
 )
-from tests.tiny_llava import build_model, build_processor, build_tokenizer
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 
 PROMPT = "what is in this image ?"
 OFFLINE_DEADLINE_S = 10.0

@@ -1,9 +1,10 @@
-"""Tiny random LLaVA models, tokenizers and processors built in memory for the runtime tests.
+"""Random-weight LLaVA models built in memory: tiny ones for the tests, 7B-shaped ones for benchmarks.
 
 Nothing is downloaded: the tokenizer is a word-level vocabulary built with the ``tokenizers``
-library, the vision tower is a small CLIP (56 px images, 14 px patches: a 4 x 4 grid, N = 16), and
-the language model is a two-layer Llama. The chat template mimics LLaVA-1.5's
-(``USER: <image>\\n{text} ASSISTANT:``).
+library and the chat template mimics LLaVA-1.5's (``USER: <image>\\n{text} ASSISTANT:``).
+``build_model`` gives the tests' tiny model (a CLIP tower on 56 px images with 14 px patches: a
+4 x 4 grid, N = 16, and a two-layer Llama); ``llava7b_shaped`` gives LLaVA-1.5-7B's shapes with as
+few decoder layers as asked, for timing prefill without a checkpoint. Both go through ``random_llava``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,45 @@ def build_processor(
     )
 
 
+def random_llava(
+    tokenizer: PreTrainedTokenizerFast,
+    vision: dict,
+    text: dict,
+    *,
+    seed: int = 0,
+    select_strategy: str = "default",
+    attn_implementation: str | None = None,
+) -> LlavaForConditionalGeneration:
+    """A LLaVA with random weights: a CLIP tower of ``vision`` and a Llama LM of ``text`` (config kwargs).
+
+    Feature layer -2, the image token and the special ids from ``tokenizer``; float32, eval mode.
+    """
+    vision_config = CLIPVisionConfig(**vision)
+    text_config = LlamaConfig(
+        **text,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    side = vision_config.image_size // vision_config.patch_size
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=side * side,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy=select_strategy,
+    )
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.eval()
+
+
 def build_model(
     tokenizer: PreTrainedTokenizerFast,
     *,
@@ -99,44 +139,46 @@ def build_model(
     select_strategy: str = "default",
     attn_implementation: str = "sdpa",
 ) -> LlavaForConditionalGeneration:
-    """A random LLaVA with a CLIP tower and a Llama LM, float32, eval mode.
+    """The tests' tiny random LLaVA: a 4 x 4-patch CLIP tower and a small Llama LM, float32, eval mode.
 
     The text initialiser range is large so that greedy decoding has clear logit margins.
     """
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=32,
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": vision_layers,
+        "num_attention_heads": 4,
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "projection_dim": 32,
+    }
+    text = {
+        "hidden_size": 48,
+        "intermediate_size": 96,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 256,
+        "initializer_range": 0.3,
+    }
+    return random_llava(
+        tokenizer, vision, text, seed=seed, select_strategy=select_strategy, attn_implementation=attn_implementation
     )
-    text = LlamaConfig(
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=text_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+
+
+# LLaVA-1.5-7B's shapes (llava-hf/llava-1.5-7b-hf config): CLIP ViT-L/14 at 336 px, a 7B Llama.
+VISION_7B = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "image_size": 336,
+             "patch_size": 14, "projection_dim": 768}  # fmt: skip
+TEXT_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+           "num_key_value_heads": 32, "vocab_size": 32064, "max_position_embeddings": 4096}  # fmt: skip
+
+
+def llava7b_shaped(layers: int, vision_layers: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """(model, processor): random weights in LLaVA-1.5-7B's shapes, ``layers`` decoder layers only."""
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer, image_size=VISION_7B["image_size"], patch_size=VISION_7B["patch_size"])
+    model = random_llava(
+        tokenizer, {**VISION_7B, "num_hidden_layers": vision_layers}, {**TEXT_7B, "num_hidden_layers": layers}
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=GRID[0] * GRID[1],
-        vision_feature_layer=-2,
-        vision_feature_select_strategy=select_strategy,
-    )
-    config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model.eval()
+    return model, processor

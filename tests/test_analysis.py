@@ -13,7 +13,8 @@ from PIL import Image
 
 from app.analysis.config import parse_config
 from app.analysis.report import _task_table, summarise
-from app.analysis.run import read_rows, run_analysis
+from app.analysis.results import read_rows
+from app.analysis.run import run_analysis
 from app.analysis.scoring import aggregate, chair_scores, pope_scores, score_answer
 from app.analysis.sources import Problem, coco_items, pope_items
 from app.analyze import main

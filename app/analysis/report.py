@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from visualizers.palette import method_colour
 
 from .config import AnalysisConfig
+from .results import read_rows
 from .scoring import aggregate
 
 __all__ = ["summarise", "write_reports"]
@@ -87,8 +88,6 @@ def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budge
 
 def write_reports(output: Path, config: AnalysisConfig) -> str:
     """Write ``summary.md`` and ``report.html`` from ``results.jsonl``; returns the markdown."""
-    from .run import read_rows
-
     rows = read_rows(output / "results.jsonl")
     stats = summarise(rows)
     labels = ["full"] + [m.label for m in config.methods]

@@ -26,16 +26,11 @@ from ..objects import COCO_VOCABULARY, SCENE_VOCABULARY
 from ..runtime import GenerationOptions
 from ..runtime.images import load_image
 from .config import AnalysisConfig
+from .results import CSV_COLUMNS, read_rows, shard_paths
 from .scoring import score_answer
 from .sources import Item, Problem, coco_items, pope_items, scene_items
 
-__all__ = ["CSV_COLUMNS", "items_for", "read_rows", "run_analysis", "shard_paths"]
-
-CSV_COLUMNS = (
-    "item_id", "complexity", "complexity_bin", "image_erank", "attention_entropy", "label", "method", "budget",
-    "n_visual_tokens", "kept_erank", "retained_attention", "task", "kind", "prompt", "answer", "gold", "pred",
-    "correct", "mentioned", "hallucinated", "recall", "length", "select_ms", "batch_ms",
-)  # fmt: skip
+__all__ = ["items_for", "run_analysis"]
 
 
 def items_for(config: AnalysisConfig, problems: list[Problem]) -> Iterator[Item]:
@@ -53,25 +48,6 @@ def items_for(config: AnalysisConfig, problems: list[Problem]) -> Iterator[Item]
             problems=problems,
         )
     return pope_items(questions=src["questions"], images=src["images"], problems=problems)
-
-
-def shard_paths(output: Path, rank: int, world: int) -> tuple[Path, Path]:
-    """(jsonl, csv) this process writes."""
-    stem = "results" if world == 1 else f"results.rank{rank}-of-{world}"
-    return output / f"{stem}.jsonl", output / f"{stem}.csv"
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results file; a torn last line (an interrupted write) is dropped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
 
 
 def _complete_items(rows: list[dict[str, Any]]) -> set[str]:

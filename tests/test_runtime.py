@@ -319,3 +319,19 @@ def test_cuda_runtime_matches_stock_and_reports_memory(tiny, image):
             batched.token_ids
             == runner.generate(enc, PROMPT, selection, GenerationOptions(max_new_tokens=MAX_NEW)).token_ids
         )
+
+
+def test_progress_reports_every_rows_answer_as_it_grows(runner, encoding):
+    selections = [None, runner.select(encoding, "attention", 3), runner.select(encoding, "diversity", 12)]
+    seen: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    gens = runner.generate_many(
+        encoding,
+        PROMPT,
+        selections,
+        GenerationOptions(max_new_tokens=MAX_NEW),
+        progress=lambda i, text: seen[i].append(text),
+    )
+    for i, gen in enumerate(gens):
+        assert len(seen[i]) == len(gen.token_ids)  # one report per new token, none after the end
+        assert seen[i][-1] == gen.text
+        assert all(later.startswith(earlier) for earlier, later in zip(seen[i], seen[i][1:]))

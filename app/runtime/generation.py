@@ -25,7 +25,17 @@ import pruning
 
 from .records import Encoding, Generation, GenerationOptions, OutOfMemoryError
 
-__all__ = ["MAX_PADDING_SHARE", "GenerationStream", "Row", "group_rows", "oom_guard", "prepare_row", "run_rows", "sync"]
+__all__ = [
+    "MAX_PADDING_SHARE",
+    "GenerationStream",
+    "Row",
+    "RowTokens",
+    "group_rows",
+    "oom_guard",
+    "prepare_row",
+    "run_rows",
+    "sync",
+]
 
 CPU_OOM_MESSAGE = "can't allocate memory"  # what torch's CPU allocator says when an allocation fails
 MAX_PADDING_SHARE = 0.25  # a row joins a batch only if padding stays under this share of the batch
@@ -83,6 +93,36 @@ class TokenClock(BaseStreamer):
         if self.steps < 2:
             return None
         return (self.last - self.first) * 1e3 / (self.steps - 1)
+
+
+class RowTokens(BaseStreamer):
+    """A streamer for a batch: after each decode step, ``progress(row, ids)`` for every row.
+
+    ``rows`` maps the batch's rows to the caller's indices (a group of ``generate_many``); ids
+    stop growing at a row's first end-of-answer token (the rest is padding).
+    """
+
+    def __init__(self, rows: Sequence[int], eos: set[int], progress: Callable[[int, list[int]], None]) -> None:
+        self.rows = list(rows)
+        self.eos = eos
+        self.progress = progress
+        self.ids: list[list[int]] = [[] for _ in self.rows]
+        self.done = [False] * len(self.rows)
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate puts the (empty) prompt first
+            self._prompt_seen = True
+            return
+        for b, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[b]:
+                continue
+            self.ids[b].append(token)
+            self.done[b] = token in self.eos
+            self.progress(self.rows[b], self.ids[b])
+
+    def end(self) -> None:
+        pass
 
 
 class _Cancel(StoppingCriteria):

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,17 @@ import pruning
 
 from .adapters import Adapter, adapter_for
 from .calibration import Calibration, find_calibration
-from .generation import MAX_PADDING_SHARE, GenerationStream, Row, group_rows, oom_guard, prepare_row, run_rows, sync
+from .generation import (
+    MAX_PADDING_SHARE,
+    GenerationStream,
+    Row,
+    RowTokens,
+    group_rows,
+    oom_guard,
+    prepare_row,
+    run_rows,
+    sync,
+)
 from .images import image_digest, load_image
 from .records import Encoding, Generation, GenerationOptions, as_options
 
@@ -265,12 +275,15 @@ class Runner:
         options: GenerationOptions | None = None,
         *,
         cancel: threading.Event | None = None,
+        progress: Callable[[int, str], None] | None = None,
     ) -> list[Generation]:
-        """One batched ``generate`` call for several selections of one image (left padding).
+        """Answers for several selections of one image, rows of close length batched (left padding).
 
         With greedy decoding each answer equals the one ``generate`` gives for that selection
-        alone. Timings are those of the whole batch (``timings["batch_size"]``). Setting ``cancel``
-        stops decoding after the current token.
+        alone. Timings are those of the call a row ran in (``timings["batch_size"]``). Setting
+        ``cancel`` stops decoding after the current token. ``progress(i, text)`` is called after
+        every new token of row ``i`` with its answer so far (from the generating thread), for
+        showing answers as they are written.
         """
         if isinstance(selections, pruning.Selection) or not isinstance(selections, Sequence) or not selections:
             raise ValueError("selections must be a non-empty list of pruning.Selection (or None for all tokens)")
@@ -280,10 +293,14 @@ class Runner:
         rows = [self._prepare_row(encoding, prompt, selection, options) for selection in selections]
         groups = group_rows([row.embeds.shape[0] for row in rows], self.padding_share)
         out: list[Generation | None] = [None] * len(rows)
+        eos = set(self.adapter.eos_token_ids())
+        decode = self.adapter.tokenizer.decode
         for group in groups:
-            for i, gen in zip(
-                group, run_rows(self.adapter, encoding, [rows[i] for i in group], options, cancel=cancel)
-            ):
+            streamer = None
+            if progress is not None:
+                streamer = RowTokens(group, eos, lambda i, ids: progress(i, decode(ids, skip_special_tokens=True)))
+            gens = run_rows(self.adapter, encoding, [rows[i] for i in group], options, streamer=streamer, cancel=cancel)
+            for i, gen in zip(group, gens):
                 out[i] = gen
         return out
 

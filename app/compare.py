@@ -22,37 +22,39 @@ import torch
 from PIL import Image
 
 import pruning
+from scoring import Vocabulary, mark_answer
 
-from .objects import Vocabulary, mark_answer, parse_truth
+from .choices import (
+    DEFAULT_METHODS,
+    DEFAULT_REPLAY,
+    Example,
+    budget_presets,
+    check_budget,
+    check_methods,
+    check_prompt,
+    default_budget,
+    describe_method,
+    prompt_room,
+    sweep_budgets,
+    typed_truth,
+)
+from .replay import replay_frame
 from .runtime import GenerationOptions
 from .runtime.images import image_digest, load_image
 from .sessions import DEFAULT_MAX_BYTES, DEFAULT_SESSION, AnswerCancelled, SessionStore, tensor_bytes
 
-__all__ = ["DEFAULT_METHODS", "DEFAULT_SESSION", "AnswerCancelled", "ComparePipeline", "Example", "budget_presets"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_REPLAY",
+    "DEFAULT_SESSION",
+    "AnswerCancelled",
+    "ComparePipeline",
+    "Example",
+    "budget_presets",
+    "default_budget",
+]
 
-DEFAULT_METHODS = ("attention", "diversity", "adaptive")
-PAPER_BUDGETS = (192, 128, 64, 32)  # methods.md: the paper's budgets for 576 tokens
-SWEEP_MIN_BUDGET = 8
 VIEW_SIZE = 336  # side of the overlay images, pixels
-
-
-@dataclass(frozen=True)
-class Example:
-    """A gallery image with what is known about it.
-
-    Attributes:
-        name: short label for the gallery.
-        image: the image.
-        truth: ground-truth object categories (exact for built-in scenes), or None if unknown.
-        note: one line shown under the gallery (complexity, licence).
-        prompt: a suggested prompt.
-    """
-
-    name: str
-    image: Image.Image
-    truth: tuple[str, ...] | None = None
-    note: str = ""
-    prompt: str | None = None
 
 
 @dataclass
@@ -62,11 +64,6 @@ class _Entry:
     truth: tuple[str, ...] | None
     example: str | None
     sweeps: dict[tuple, dict] = field(default_factory=dict)
-
-
-def budget_presets(n_tokens: int) -> list[int]:
-    """The paper's budgets (192/128/64/32 of 576) scaled to a model with ``n_tokens`` tokens."""
-    return sorted({max(1, round(b * n_tokens / 576)) for b in PAPER_BUDGETS}, reverse=True)
 
 
 def _plain(value: Any) -> Any:
@@ -83,7 +80,12 @@ def _plain(value: Any) -> Any:
 
 
 class ComparePipeline:
-    """Encode, select, draw and answer for the app; thread-safe, bounded memory."""
+    """Encode, select, draw and answer for the app; thread-safe, bounded memory.
+
+    Each public call checks its request once, before any work, with ``app.choices`` (what only a
+    comparison knows: its methods, a budget within this model's N, the prompt's room); the registry
+    checks each method's parameters as it runs.
+    """
 
     def __init__(
         self,
@@ -104,28 +106,59 @@ class ComparePipeline:
 
     # -- facts -----------------------------------------------------------------------------------
 
+    @property
+    def n_tokens(self) -> int:
+        """N, the model's visual tokens per image."""
+        grid = self.runner.metadata["grid"]
+        return int(grid[0] * grid[1])
+
     def info(self) -> dict[str, Any]:
-        """What the UI needs to lay itself out: token count, presets, methods and their defaults."""
+        """What the UI needs to lay itself out, as plain values: token count, budget presets and
+        default, every method with its calibrated defaults (``params``) and registry entry
+        (``method_info``, see ``choices.describe_method``), the default methods and replay."""
         meta = self.runner.metadata
-        grid = meta["grid"]
-        n = int(grid[0] * grid[1])
+        n = self.n_tokens
+        methods = pruning.list_methods()
+        method_info = {m: describe_method(m) for m in methods}
+        replayable = [m for m in methods if method_info[m]["replayable"]]
         return {
             "model": meta.get("model"),
             "device": meta.get("device"),
             "n_tokens": n,
-            "grid": list(grid),
+            "grid": list(meta["grid"]),
             "presets": budget_presets(n),
-            "methods": pruning.list_methods(),
-            "default_methods": [m for m in DEFAULT_METHODS if m in pruning.list_methods()],
-            "params": {m: self.method_defaults(m) for m in pruning.list_methods()},
+            "default_budget": default_budget(n),
+            "methods": methods,
+            "default_methods": [m for m in DEFAULT_METHODS if m in methods],
+            "default_replay": DEFAULT_REPLAY if DEFAULT_REPLAY in replayable else next(iter(replayable), None),
+            "params": {m: self.method_defaults(m) for m in methods},
+            "method_info": method_info,
             "calibration": meta.get("calibration"),
         }
 
     def method_defaults(self, method: str) -> dict[str, Any]:
-        """A method's parameters with the model's calibration filled in (what ``view`` uses)."""
-        params = pruning.method_params(method)
+        """A method's plain parameters with the model's calibration filled in (what ``view`` uses).
+
+        Parameters no widget can hold (a ``torch.Generator``) are left out.
+        """
+        spec = pruning.get_method(method)
         calibration = self.runner.calibration.method_params()
-        return {k: calibration.get(k, v) for k, v in params.items() if k != "generator"}
+        return {k: calibration.get(k, v) for k, v in spec.defaults.items() if spec.ranges[k].kind != "other"}
+
+    # -- what a request may ask ------------------------------------------------------------------
+
+    def _request(self, key: str, methods: Any, budget: Any, session: str) -> tuple[_Entry, list[str], int]:
+        """The held image, the methods and the budget of one request, checked."""
+        entry = self._entry(key, session)
+        return entry, check_methods(methods), check_budget(budget, self.n_tokens)
+
+    def prompt_room(self) -> int:
+        """How many prompt tokens fit beside all visual tokens and ``max_new_tokens`` new ones."""
+        return prompt_room(self.runner, self.max_new_tokens)
+
+    def check_prompt(self, prompt: Any) -> str:
+        """``prompt`` stripped, or a ``ValueError`` when it is empty or does not fit the model."""
+        return check_prompt(prompt, self.runner, self.max_new_tokens)
 
     # -- the fast path ---------------------------------------------------------------------------
 
@@ -211,48 +244,6 @@ class ComparePipeline:
         """The (N,) [CLS] attention of the loaded image."""
         return self._entry(key, session).encoding.inputs.cls_attn.float().cpu().tolist()
 
-    def prompt_room(self) -> int:
-        """How many prompt tokens fit beside all visual tokens and ``max_new_tokens`` new ones."""
-        meta = self.runner.metadata
-        n_visual = int(meta["grid"][0] * meta["grid"][1]) + int(meta.get("n_prefix_tokens") or 0)
-        template = self.runner.adapter.prompt_ids("").shape[0] - 1  # the chat template's own tokens
-        return int(self.runner.adapter.context_length) - n_visual - self.max_new_tokens - template
-
-    def check_prompt(self, prompt: Any) -> str:
-        """``prompt`` stripped, or a ``ValueError`` when it is empty or does not fit the model."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty: type a question about the image")
-        prompt = prompt.strip()
-        n = self.runner.adapter.prompt_ids(prompt).shape[0] - self.runner.adapter.prompt_ids("").shape[0]
-        room = self.prompt_room()
-        if n > room:
-            raise ValueError(
-                f"the prompt is {n} tokens; this model has room for {room} beside the image's visual tokens "
-                f"and {self.max_new_tokens} answer tokens: shorten it"
-            )
-        return prompt
-
-    def _params(self, method: str, params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
-        chosen = dict((params or {}).get(method, {}))
-        allowed = pruning.method_params(method)
-        unknown = set(chosen) - set(allowed)
-        if unknown:
-            raise ValueError(f"method {method!r} has no parameter(s) {sorted(unknown)}")
-        return chosen
-
-    def _check_request(self, key: str, methods: Sequence[str], budget: Any, session: str) -> _Entry:
-        entry = self._entry(key, session)
-        if isinstance(methods, str) or not isinstance(methods, Sequence):
-            raise ValueError("methods must be a list of method names")
-        for m in methods:
-            pruning.get_method(m)  # unknown names raise ValueError listing the known ones
-        n = entry.encoding.n_tokens
-        if isinstance(budget, float) and budget.is_integer():
-            budget = int(budget)
-        if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= n:
-            raise ValueError(f"budget must be an integer from 1 to {n} (this model's token count), got {budget!r}")
-        return entry
-
     def select(
         self,
         key: str,
@@ -263,8 +254,13 @@ class ComparePipeline:
         session: str = DEFAULT_SESSION,
     ) -> dict[str, pruning.Selection]:
         """Run each method on the loaded image (no generation)."""
-        entry = self._check_request(key, methods, budget, session)
-        return {m: self.runner.select(entry.encoding, m, int(budget), **self._params(m, params)) for m in methods}
+        entry, methods, budget = self._request(key, methods, budget, session)
+        return self._select(entry, methods, budget, params)
+
+    def _select(
+        self, entry: _Entry, methods: Sequence[str], budget: int, params: Mapping[str, Mapping[str, Any]] | None
+    ) -> dict[str, pruning.Selection]:
+        return {m: self.runner.select(entry.encoding, m, budget, **dict((params or {}).get(m, {}))) for m in methods}
 
     def view(
         self,
@@ -277,13 +273,22 @@ class ComparePipeline:
         session: str = DEFAULT_SESSION,
     ) -> dict[str, dict[str, Any]]:
         """Per method: overlay image and the selection's numbers. The fast step of the page."""
+        entry, methods, budget = self._request(key, methods, budget, session)
+        return self._view(entry, methods, budget, params, colour_by)
+
+    def _view(
+        self,
+        entry: _Entry,
+        methods: Sequence[str],
+        budget: int,
+        params: Mapping[str, Mapping[str, Any]] | None,
+        colour_by: str | None,
+    ) -> dict[str, dict[str, Any]]:
         from visualizers import overlay_selection
 
-        entry = self._check_request(key, methods, budget, session)
-        selections = self.select(key, methods, budget, params, session=session)
         inputs = entry.encoding.inputs
         out = {}
-        for method, sel in selections.items():
+        for method, sel in self._select(entry, methods, budget, params).items():
             overlay = overlay_selection(
                 entry.view,
                 sel.keep.cpu(),
@@ -326,20 +331,11 @@ class ComparePipeline:
     ) -> dict[str, dict[str, list[float]]]:
         """Kept erank and retained attention from 8 tokens to all of them (selection only), cached."""
         entry = self._entry(key, session)
-        n = entry.encoding.n_tokens
-        budgets = (
-            sorted(
-                {
-                    min(n, max(1, round(SWEEP_MIN_BUDGET * (n / SWEEP_MIN_BUDGET) ** (i / (points - 1)))))
-                    for i in range(points)
-                }
-            )
-            if n > SWEEP_MIN_BUDGET
-            else list(range(1, n + 1))
-        )
+        methods = check_methods(methods)
+        budgets = sweep_budgets(entry.encoding.n_tokens, points)
         out = {}
         for method in methods:
-            chosen = self._params(method, params)
+            chosen = dict((params or {}).get(method, {}))
             cache_key = (method, tuple(sorted(chosen.items())), tuple(budgets))
             if cache_key not in entry.sweeps:
                 rows = {"budget": [], "kept_erank": [], "retained_attention": []}
@@ -364,38 +360,12 @@ class ComparePipeline:
     ) -> dict[str, Any]:
         """The greedy walk of ``method`` up to pick ``step`` (1-based): what is picked and suppressed.
 
-        For ``adaptive`` the suppressed tokens are those removed by the first ``step`` picks; for the
-        others (diversity, attention, ...) only the picks are shown.
+        See ``app.replay.replay_frame``: the picks are ``order[:step]`` (a walk for the registry's
+        ``replayable`` methods); methods with a ``tau_schedule`` also show what each pick suppressed.
         """
-        from visualizers import overlay_selection
-
-        entry = self._check_request(key, [method], budget, session)
-        sel = self.select(key, [method], budget, params, session=session)[method]
-        order = sel.order.cpu().tolist()
-        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(order):
-            raise ValueError(f"step must be an integer from 1 to {len(order)}, got {step!r}")
-        picked = order[:step]
-        removed_at = sel.info.get("removed_at")
-        suppressed_now, suppressed_before = [], []
-        if removed_at is not None:
-            for j, s in enumerate(removed_at.tolist()):
-                if 0 <= s < step - 1:
-                    suppressed_before.append(j)
-                elif s == step - 1:
-                    suppressed_now.append(j)
-        taus = sel.info.get("taus")
-        grid = entry.encoding.inputs.grid
-        image = overlay_selection(entry.view, sorted(picked), grid, order=picked, colour_by="order")
-        image = _mark(image, grid, suppressed_now, (230, 30, 30))
-        return {
-            "image": image,
-            "pick": picked[-1],
-            "picked": picked,
-            "suppressed_now": suppressed_now,
-            "suppressed_before": suppressed_before,
-            "tau": taus[step - 1] if taus else None,
-            "n_steps": len(order),
-        }
+        entry, _, budget = self._request(key, [method], budget, session)
+        sel = self._select(entry, [method], budget, params)[method]
+        return replay_frame(entry.view, entry.encoding.inputs.grid, sel, step)
 
     # -- the slow path ---------------------------------------------------------------------------
 
@@ -420,14 +390,24 @@ class ComparePipeline:
         object (blank, or only commas) leaves it. Setting ``cancel`` stops the work at the next
         token and raises ``AnswerCancelled``.
         """
-        entry = self._check_request(key, methods, budget, session)
+        entry, methods, budget = self._request(key, methods, budget, session)
         prompt = self.check_prompt(prompt)
-        truth = entry.truth
-        if truth_text is not None:
-            typed = parse_truth(truth_text, self.vocabulary)
-            if typed:
-                truth = tuple(sorted(typed))
-        selections = self.select(key, methods, budget, params, session=session)
+        typed = typed_truth(truth_text, self.vocabulary)
+        return self._answer(entry, prompt, methods, budget, params, typed, measure_prefill, cancel)
+
+    def _answer(
+        self,
+        entry: _Entry,
+        prompt: str,
+        methods: Sequence[str],
+        budget: int,
+        params: Mapping[str, Mapping[str, Any]] | None,
+        typed_truth: tuple[str, ...] | None,
+        measure_prefill: bool,
+        cancel: threading.Event | None,
+    ) -> dict[str, dict[str, Any]]:
+        truth = typed_truth if typed_truth is not None else entry.truth
+        selections = self._select(entry, methods, budget, params)
         rows = [None, *selections.values()]
         names = ["full", *selections]
 
@@ -474,7 +454,7 @@ class ComparePipeline:
         image: Any,
         prompt: str,
         methods: Sequence[str] = DEFAULT_METHODS,
-        budget: int = 64,
+        budget: int | None = None,
         params: Mapping[str, Mapping[str, Any]] | None = None,
         truth_text: str | None = None,
         *,
@@ -482,16 +462,21 @@ class ComparePipeline:
     ) -> dict[str, Any]:
         """Everything about one comparison as JSON-ready values (the ``compare`` API endpoint).
 
-        The image is held for this call only (a private session released at the end).
+        ``budget`` None is ``default_budget`` (64 of 576 tokens, scaled to this model). The request
+        is checked before the image is encoded; the image is held for this call only (a private
+        session released at the end).
         """
+        methods = check_methods(methods)
+        budget = check_budget(default_budget(self.n_tokens) if budget is None else budget, self.n_tokens)
+        prompt = self.check_prompt(prompt)
+        typed = typed_truth(truth_text, self.vocabulary)
         session = f"call-{uuid.uuid4().hex}"
         try:
             summary = self.load(image, session)
             key = summary.pop("key")
-            views = self.view(key, methods, budget, params, session=session)
-            answers = self.answer(
-                key, prompt, methods, budget, params, truth_text=truth_text, session=session, cancel=cancel
-            )
+            entry = self._entry(key, session)
+            views = self._view(entry, methods, budget, params, None)
+            answers = self._answer(entry, prompt, methods, budget, params, typed, True, cancel)
         finally:
             self.release(session)
         results = {}
@@ -505,19 +490,3 @@ class ComparePipeline:
             "full": answers["full"],
             "methods": _plain(results),
         }
-
-
-def _mark(image: Image.Image, grid: tuple[int, int], patches: Sequence[int], colour) -> Image.Image:
-    """Cross out ``patches`` on ``image`` (the tokens suppressed at the current step)."""
-    from PIL import ImageDraw
-
-    from visualizers import patch_boxes
-
-    out = image.copy()
-    draw = ImageDraw.Draw(out)
-    boxes = patch_boxes(out.size, grid)
-    for i in patches:
-        x0, y0, x1, y1 = boxes[i]
-        draw.line((x0, y0, x1 - 1, y1 - 1), fill=colour, width=2)
-        draw.line((x0, y1 - 1, x1 - 1, y0), fill=colour, width=2)
-    return out

@@ -1,18 +1,20 @@
 """What the page's events do, as plain functions of plain values: testable without a browser.
 
-``Handlers`` adapts UI values (a possibly missing image, a float from a slider, a flat list of
-parameter boxes) to ``ComparePipeline`` calls and formats the results (markdown, highlighted
-segments, plotly figures). It raises ``ValueError`` with a readable message on bad input; the UI
-layer turns that into an on-page error. Messages quote user input only through ``brief``, cut
-short. Every call names the page ``session`` it serves; its images, settings and export files are
-that session's own. It never touches gradio.
+``Handlers`` turns widget values into the plain values ``ComparePipeline`` takes (64.0 -> 64, a
+comma-separated string -> a list of names, the parameter boxes -> a dict per method), refusing only
+what has none (an empty box, a bool or text in a number box, another word in a true/false box), and
+formats the results (markdown, highlighted segments, plotly figures). Whether a plain value is
+allowed is said once, by its owner: the registry for methods and parameters, the pipeline for the
+budget's range and the prompt. Refusals are ``ValueError`` messages quoting user input only
+through ``brief``. Every call names the page ``session`` it serves. It never touches gradio, torch
+or ``pruning``: methods and parameters come from ``pipeline.info()``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +29,13 @@ from visualizers import (
     tau_schedule_figure,
 )
 
+from .messages import brief
 from .runtime.images import ImageFileMissing
 from .sessions import DEFAULT_SESSION, AnswerCancelled
 
 __all__ = ["MAX_PROMPT_CHARS", "PROMPT_PRESETS", "AnswerCancelled", "Handlers", "ParamSlot", "brief"]
 
-MAX_PROMPT_CHARS = 2000  # checked before tokenising; the model's own room (in tokens) is checked next
+MAX_PROMPT_CHARS = 2000  # the prompt box's limit, checked before tokenising; the model's room is the pipeline's
 MAX_EXPORT_SIDE = 1024  # overlay images are at most this many pixels a side when tiled for PNG export
 _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False}
 PROMPT_PRESETS = (
@@ -42,15 +45,28 @@ PROMPT_PRESETS = (
     "How many squares are there?",
     "What word is written in the image?",
 )
+CALIBRATION_WORDS = {  # what the page says of a model's calibration, by ``Calibration.source`` ("file": nothing)
+    "paper-llava-1.5-7b": "Calibration: the paper's LLaVA-1.5-7B calibration.",
+    "default-llava-1.5": (
+        "Uncalibrated: LLaVA-1.5-7B's erank statistics stand in, so the complexity bins may not fit this "
+        "model; run `python -m app.calibrate MODEL IMAGE_FOLDER` to calibrate it."
+    ),
+}
 
 
 @dataclass(frozen=True)
 class ParamSlot:
-    """One parameter box of the page: which method and parameter it sets, and its default."""
+    """One parameter box of the page: the method and parameter it sets, its default, and its kind
+    ("number", "int", "bool") and range (``wants``: the accepted values in words) from the registry."""
 
     method: str
     name: str
     default: Any
+    kind: str = "number"
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+    wants: str = ""
 
     @property
     def label(self) -> str:
@@ -61,16 +77,36 @@ def _format_ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} ms"
 
 
-def brief(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters: how messages quote what a user sent."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _number(value: Any) -> int | float | None:
+    """A number box's value as an int or float (text is parsed); None when it is no number (a bool is none)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
-def _settings(key: str, methods: Sequence[str], budget: int, params: Mapping[str, Mapping[str, Any]]) -> Hashable:
-    """What an answer depends on, hashable: the image, the methods, the budget and the parameters."""
-    frozen = tuple(sorted((m, tuple(sorted(p.items()))) for m, p in params.items()))
-    return (key, tuple(methods), budget, frozen)
+def _whole(number: int | float) -> int | float:
+    """64.0 -> 64; any other number as it is."""
+    return int(number) if isinstance(number, float) and number.is_integer() else number
+
+
+def _slot_range(default: Any, ranges: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A slot's kind and range from its registry ``ranges`` (the kind from the default's type when absent)."""
+    r = dict(ranges or {})
+    kind = r.get("kind")
+    if kind not in ("number", "int", "bool"):
+        kind = "bool" if isinstance(default, bool) else "int" if isinstance(default, int) else "number"
+    return {"kind": kind, **{k: r[k] for k in ("lo", "hi", "step", "wants") if r.get(k) is not None}}
+
+
+def _settings(key: str, methods: Any, budget: Any, params: Mapping[str, Mapping[str, Any]]) -> str:
+    """What an answer depends on, as one comparable value: the image, the methods, the budget and the
+    parameters. It is made before the pipeline checks the request, so it takes any value."""
+    return json.dumps([key, methods, budget, params], sort_keys=True, default=repr)
 
 
 class Handlers:
@@ -79,62 +115,64 @@ class Handlers:
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
         self.info = pipeline.info()
+        ranges = {m: d.get("ranges", {}) for m, d in self.info.get("method_info", {}).items()}
         self.slots = [
-            ParamSlot(method, name, default)
+            ParamSlot(method, name, default, **_slot_range(default, ranges.get(method, {}).get(name)))
             for method in self.info["methods"]
             for name, default in self.info["params"][method].items()
             if isinstance(default, (bool, int, float))
         ]
 
-    # -- input parsing -----------------------------------------------------------------------------
+    # -- widget values to plain values --------------------------------------------------------------
 
     def params(self, values: Sequence[Any]) -> dict[str, dict[str, Any]]:
-        """Method parameters from the flat list of parameter boxes (in ``self.slots`` order)."""
+        """Method parameters from the flat list of parameter boxes (in ``self.slots`` order).
+
+        Each box's value becomes its slot's kind: a bool from true/false, 1/0 or a checkbox; a
+        float, or an int for whole numbers in an int box, from a number or numeric text. Values
+        equal to the default are left out. Whether a value is allowed (τ_max > 0, r in [0, 1]) is
+        the registry's to say, when the method runs.
+        """
         if len(values) != len(self.slots):
             raise ValueError(f"expected {len(self.slots)} parameter values, got {len(values)}")
         out: dict[str, dict[str, Any]] = {}
         for slot, value in zip(self.slots, values):
-            if value is None or value == "":
-                raise ValueError(f"{slot.label} is empty: give it a value (default {slot.default})")
-            if isinstance(slot.default, bool):
-                if isinstance(value, str):
-                    value = _BOOL_WORDS.get(value.strip().lower(), value)
-                if not isinstance(value, bool) and not (isinstance(value, int) and value in (0, 1)):
-                    raise ValueError(f"{slot.label} must be true or false, got {brief(value)}")
-                value = bool(value)
-            else:
-                if isinstance(value, bool):
-                    raise ValueError(f"{slot.label} must be a number, got {value}")
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{slot.label} must be a number, got {brief(value)}") from None
-                if not math.isfinite(number):
-                    raise ValueError(f"{slot.label} must be a finite number, got {brief(value)}")
-                if isinstance(slot.default, int):
-                    if not number.is_integer():
-                        raise ValueError(f"{slot.label} must be a whole number, got {brief(value)}")
-                    value = int(number)
-                else:
-                    value = number
+            value = self._slot_value(slot, value)
             if value != slot.default:
                 out.setdefault(slot.method, {})[slot.name] = value
         return out
 
-    def budget(self, value: Any) -> int:
-        n = self.info["n_tokens"]
-        if isinstance(value, bool):
-            raise ValueError(f"budget must be a whole number from 1 to {n}, got {value}")
-        try:
-            budget = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"budget must be a number from 1 to {n}, got {brief(value)}") from None
-        if not math.isfinite(budget) or not budget.is_integer() or not 1 <= budget <= n:
-            raise ValueError(f"budget must be a whole number from 1 to {n}, got {brief(value)}")
-        return int(budget)
+    @staticmethod
+    def _slot_value(slot: ParamSlot, value: Any) -> Any:
+        if value is None or value == "":
+            raise ValueError(f"{slot.label} is empty: give it a value (default {slot.default})")
+        if slot.kind == "bool":
+            if isinstance(value, str):
+                value = _BOOL_WORDS.get(value.strip().lower(), value)
+            if not isinstance(value, bool) and not (isinstance(value, int) and value in (0, 1)):
+                raise ValueError(f"{slot.label} must be true or false, got {brief(value)}")
+            return bool(value)
+        number = _number(value)
+        if number is None:
+            raise ValueError(f"{slot.label} must be a number, got {brief(value)}")
+        if slot.kind == "int":
+            return _whole(number)
+        return float(number)
 
-    def methods(self, values: Any) -> list[str]:
-        """Method names from a list, or from one comma-separated or JSON-list string."""
+    def budget(self, value: Any) -> int | float:
+        """The budget box's value as a plain number (64.0 and "64" become 64); a bool or text that is
+        no number is refused here, and the pipeline checks the number against 1..N."""
+        number = _number(value)
+        if number is None:
+            n = self.info["n_tokens"]
+            wants = "a whole number" if isinstance(value, bool) else "a number"
+            raise ValueError(f"budget must be {wants} from 1 to {n}, got {brief(value)}")
+        return _whole(number)
+
+    @staticmethod
+    def methods(values: Any) -> Any:
+        """Method names from a list, or from one comma-separated or JSON-list string; anything else
+        goes on as it is (the pipeline says what a comparison's methods must be)."""
         if isinstance(values, str):
             text = values.strip()
             if text.startswith("["):
@@ -144,26 +182,17 @@ class Handlers:
                     raise ValueError(f"methods: {brief(values)} is not a JSON list of names") from None
             else:
                 values = [m.strip() for m in text.split(",") if m.strip()]
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise ValueError(f"methods must be a list of method names, got {brief(values)}")
-        if not values:
-            raise ValueError("pick at least one pruning method")
-        known = self.info["methods"]
-        unknown = [m for m in values if not isinstance(m, str) or m not in known]
-        if unknown:
-            shown = ", ".join(brief(m, 30) for m in unknown[:5])
-            raise ValueError(f"unknown method(s) {shown}; known: {', '.join(known)}")
-        if len(set(values)) != len(values):
-            raise ValueError(f"each method may be chosen once, got {brief(list(values), 80)}")
-        return list(values)
+        return list(values) if isinstance(values, (list, tuple)) else values
 
-    def prompt(self, text: Any) -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("the prompt is empty: type a question about the image")
+    @staticmethod
+    def prompt(text: Any) -> Any:
+        """The prompt box's text, trimmed; over the box's own limit it is refused before anything
+        tokenises it. Whether it is empty or fits the model is the pipeline's check."""
+        if not isinstance(text, str):
+            return text
         if len(text) > MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
-        check = getattr(self.pipeline, "check_prompt", None)
-        return check(text) if check is not None else text.strip()
+        return text.strip()
 
     @staticmethod
     def truth(text: Any) -> str | None:
@@ -190,7 +219,8 @@ class Handlers:
         if summary["truth"] is not None:
             md += f"\n\nGround truth (built-in scene): {', '.join(summary['truth']) or 'no objects'}."
         if cal["source"] != "file":
-            md += f"\n\n*Calibration: {cal['source']}.*"
+            words = CALIBRATION_WORDS.get(cal["source"], f"Calibration: {cal['source']}.")
+            md += f"\n\n*{words}*"
         fig = complexity_figure(
             image_erank=summary["image_erank"],
             entropy=summary["attention_entropy"],
@@ -242,11 +272,6 @@ class Handlers:
                 }
             )
         bars = method_bars({c["method"]: c["numbers"] for c in cards}, ["kept_erank", "retained_attention"])
-        tau_fig = None
-        if "adaptive" in views:
-            info = views["adaptive"]["info"]
-            tau_max = params.get("adaptive", {}).get("tau_max", self.info["params"]["adaptive"]["tau_max"])
-            tau_fig = tau_schedule_figure(info["taus"], tau_max=tau_max, image_erank=info.get("image_erank"))
         record = {
             "image": key,
             "budget": budget,
@@ -257,7 +282,20 @@ class Handlers:
             "answers_stale": stale,
         }
         self.pipeline.store.set_record(session, "view", record)
-        return cards, bars, tau_fig, record
+        return cards, bars, self._tau_figure(views, params), record
+
+    def _tau_figure(self, views: Mapping[str, Mapping[str, Any]], params: Mapping[str, Mapping[str, Any]]):
+        """The τ schedule of the first shown method that reports one (its registry ``tau_schedule``
+        names the parameter capping it), or None."""
+        for method, v in views.items():
+            cap = self.info["method_info"][method]["tau_schedule"]
+            taus = v["info"].get("taus")
+            if cap is not None and taus is not None:
+                tau_max = params.get(method, {}).get(cap, self.info["params"][method][cap])
+                return tau_schedule_figure(
+                    taus, tau_max=tau_max, label=method, image_erank=v["info"].get("image_erank")
+                )
+        return None
 
     def sweep(self, key: str, methods: Any, param_values: Sequence[Any], session: str = DEFAULT_SESSION):
         if not key:
@@ -274,12 +312,10 @@ class Handlers:
         param_values: Sequence[Any],
         session: str = DEFAULT_SESSION,
     ):
-        """One frame of the step-through: (image, markdown)."""
+        """One frame of the step-through: (image, markdown). The pick slider's value is held to the budget."""
         if not key:
             raise ValueError("load an image first")
         budget = self.budget(budget)
-        if method not in self.info["methods"]:
-            raise ValueError(f"unknown method {brief(method)}; known: {', '.join(self.info['methods'])}")
         try:
             step = float(step or 1)
         except (TypeError, ValueError):

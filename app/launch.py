@@ -82,8 +82,10 @@ def _is_embedded(model: str) -> bool:
 @functools.lru_cache(maxsize=2)
 def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_tokens: int = 48, dtype: str = "auto"):
     """Load ``model`` once (on ``device``, in ``dtype``: see ``runtime.load_runner``) and build the page for it."""
+    from scenes.tasks import SCENE_VOCABULARY
+    from scoring import COCO_VOCABULARY
+
     from .compare import ComparePipeline
-    from .objects import COCO_VOCABULARY, SCENE_VOCABULARY
     from .runtime import load_runner
     from .ui import build_demo
 

@@ -22,8 +22,8 @@ import time
 from app.compare import ComparePipeline
 from app.handlers import Handlers
 from app.launch import EMBEDDED_MODEL
-from app.objects import SCENE_VOCABULARY
 from app.runtime import GenerationOptions, load_runner
+from scenes.tasks import SCENE_VOCABULARY
 
 METHODS = ["attention", "diversity", "adaptive"]
 

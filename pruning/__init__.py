@@ -4,6 +4,7 @@
     sel = pruning.select("adaptive", inputs, budget=64, erank_avg=90.0)
     sel.keep                      # raster-sorted kept patch indices
     pruning.list_methods()        # every registered method
+    pruning.get_method("adaptive").ranges["tau_max"]   # what a widget may offer for a parameter
 
 Methods and metrics follow docs/methods.md; see each ``select_<name>`` docstring. The paper's
 LLaVA-1.5-7B calibration, which the erank-aware methods default to, is ``pruning.LLAVA15_7B``.
@@ -20,11 +21,13 @@ from .methods.hybrid import select_hybrid, select_hybrid_erank
 from .methods.visionzip import select_visionzip
 from .methods.vispruner import select_vispruner
 from .metrics import attention_entropy, effective_rank, retained_attention
-from .registry import get_method, list_methods, method_params, select, select_batch
+from .registry import MethodSpec, ParamRange, get_method, list_methods, method_params, select, select_batch
 from .types import PruneInputs, Selection
 
 __all__ = [
     "LLAVA15_7B",
+    "MethodSpec",
+    "ParamRange",
     "PruneInputs",
     "Selection",
     "apply_selection",

@@ -1,8 +1,15 @@
-"""The method registry: every pruning method is registered by name with its parameters.
+"""The method registry: every pruning method is registered by name with its parameters and capabilities.
 
 ``list_methods()`` is what the app's method list and the test parametrisation read; ``select()``
 is the one entry point that validates the request before any method runs. Validation lives here,
-once, so each method function holds only its rule.
+once, so each method function holds only its rule: the inputs a method ``needs``, the budget, and
+every keyword parameter (by its ``checks`` entry, else by the type of its default).
+
+A method's entry (``get_method(name)``, a ``MethodSpec``) also says what a user interface may do
+with it, so the app names no method itself: the range of each parameter (``ranges``, from its
+check), whether its pick order is a greedy walk that can be replayed pick by pick
+(``replayable``), whether it merges tokens (``merges``) and which parameter caps the τ schedule it
+reports (``tau_schedule``).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +27,9 @@ import torch
 from .types import PruneInputs, Selection
 
 __all__ = [
+    "Check",
     "MethodSpec",
+    "ParamRange",
     "get_method",
     "list_methods",
     "method_params",
@@ -28,49 +38,123 @@ __all__ = [
     "select_batch",
 ]
 
-Check = Callable[[str, Any], None]
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, cut short: how refusals quote what a caller passed."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = 40
+    return short.repr(value)
 
 
-def positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def unit_interval(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def finite_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+@dataclass(frozen=True)
+class Check:
+    """A parameter check: which values pass, those values in words, and the range a widget may offer.
+
+    ``check(name, value)`` raises ``ValueError("{name} must be {wants}, got {value}")`` for a value
+    that does not pass. ``kind`` is the widget ("number", "int" or "bool"); ``lo``/``hi`` bound the
+    values it offers (None: open); ``step`` is its increment (None: a tenth of the default's order
+    of magnitude). A plain function ``check(name, value)`` may stand in for one (no range then).
+    """
+
+    accepts: Callable[[Any], bool]
+    wants: str
+    kind: str = "number"
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+
+    def __call__(self, name: str, value: Any) -> None:
+        if not self.accepts(value):
+            raise ValueError(f"{name} must be {self.wants}, got {_quote(value)}")
 
 
-def erank_value(name: str, value: Any) -> None:
-    """An erank bound: a finite number of at least 1 (erank is never below 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-        raise ValueError(f"{name} must be a finite number of at least 1 (an effective rank), got {value!r}")
+positive = Check(lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a positive finite number", lo=0.0)
+unit_interval = Check(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]", lo=0.0, hi=1.0, step=0.05)
+finite_number = Check(lambda v: _is_number(v) and math.isfinite(v), "a finite number")
+# An erank bound: erank is never below 1.
+erank_value = Check(
+    lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
+    "a finite number of at least 1 (an effective rank)",
+    lo=1.0,
+    step=1.0,
+)
+optional_positive_int = Check(lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive int", "int", lo=1)
+integer = Check(_is_int, "an int", "int")
+boolean = Check(lambda v: isinstance(v, bool), "True or False", "bool")
+
+_BY_DEFAULT_TYPE = {bool: boolean, int: integer, float: finite_number}  # checks of parameters without one
 
 
-def optional_positive_int(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be None or a positive int, got {value!r}")
+@dataclass(frozen=True)
+class ParamRange:
+    """What one keyword parameter takes, for a widget.
+
+    Attributes:
+        kind: "number", "int", "bool", or "other" (no widget, e.g. a ``torch.Generator``).
+        wants: the values its check accepts, in words ("a number in [0, 1]"); "" when unchecked.
+        lo, hi: bounds of the values a number widget offers (None: open).
+        step: a number widget's increment.
+        choices: the values a "bool" widget offers.
+    """
+
+    kind: str
+    wants: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
 
 
-def boolean(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+def _param_range(default: Any, check: Callable[[str, Any], None] | None) -> ParamRange:
+    if not isinstance(check, Check):
+        return ParamRange("other")
+    if check.kind == "bool":
+        return ParamRange("bool", check.wants, choices=(False, True))
+    step = check.step
+    if step is None:
+        if check.kind == "int":
+            step = 1
+        elif _is_number(default) and default != 0 and math.isfinite(default):
+            step = 10.0 ** (math.floor(math.log10(abs(default))) - 1)
+    return ParamRange(check.kind, check.wants, lo=check.lo, hi=check.hi, step=step)
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its name, the validated callable, defaults and required inputs."""
+    """A registered method: the validated callable, its parameters and what an interface may do with it.
+
+    Attributes:
+        name: the registry name.
+        fn: ``fn(inputs, budget, **params) -> Selection``, validating before the rule runs.
+        defaults: every keyword parameter with its default.
+        needs: the optional ``PruneInputs`` fields it reads (e.g. ``keys``).
+        summary: the first line of its docstring.
+        ranges: per keyword parameter, what a widget may offer (``ParamRange``).
+        replayable: ``order`` is a greedy walk, one pick after another: ``order[:s]`` is the walk
+            after s picks, so a step-through can replay it.
+        merges: it returns merged ``tokens`` and ``groups``, not only kept patches.
+        tau_schedule: the parameter that caps the threshold τ of each pick, which the method reports
+            in ``info["taus"]`` (and the tokens each pick suppressed in ``info["removed_at"]``);
+            None when it has no such schedule.
+    """
 
     name: str
     fn: Callable[..., Selection]
     defaults: dict[str, Any]
     needs: tuple[str, ...]
     summary: str
+    ranges: dict[str, ParamRange]
+    replayable: bool = False
+    merges: bool = False
+    tau_schedule: str | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -81,7 +165,7 @@ def _check_budget(budget: Any) -> int:
         if isinstance(budget, torch.Tensor) and budget.numel() == 1 and not budget.is_floating_point():
             budget = int(budget)
         else:
-            raise ValueError(f"budget must be an int, got {budget!r} ({type(budget).__name__})")
+            raise ValueError(f"budget must be an int, got {_quote(budget)} ({type(budget).__name__})")
     if budget < 1:
         raise ValueError(f"budget must be at least 1, got {budget}")
     return budget
@@ -95,22 +179,45 @@ def keep_all(name: str, inputs: PruneInputs, budget: int) -> Selection:
     return Selection(method=name, budget=n, keep=every, order=every.clone(), info=info)
 
 
-def register(name: str, *, needs: Sequence[str] = (), checks: dict[str, Check] | None = None):
+def register(
+    name: str,
+    *,
+    needs: Sequence[str] = (),
+    checks: dict[str, Callable[[str, Any], None]] | None = None,
+    replayable: bool = False,
+    merges: bool = False,
+    tau_schedule: str | None = None,
+):
     """Register ``fn(inputs, budget, *, **params) -> Selection`` under ``name``.
 
     The registered callable validates the inputs it ``needs`` (e.g. ``keys``), the budget, and every
-    keyword parameter with ``checks`` before calling ``fn``. A budget at or above N returns the
-    keep-everything selection without running the method (``info["budget_clipped"]`` says if the
-    request exceeded N).
+    keyword parameter before calling ``fn``: with its ``checks`` entry, else by the type of its
+    default (bool, int or float; a parameter defaulting to None without a check is the method's to
+    check). A budget at or above N returns the keep-everything selection without running the method
+    (``info["budget_clipped"]`` says if the request exceeded N). ``replayable``, ``merges`` and
+    ``tau_schedule`` are the capabilities ``MethodSpec`` describes. Every default must pass its
+    check, so a widget's starting value is always valid.
     """
-    checks = dict(checks or {})
+    given = dict(checks or {})
 
     def decorator(fn: Callable[..., Selection]) -> Callable[..., Selection]:
         sig = inspect.signature(fn)
         defaults = {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        unknown_checks = set(checks) - set(defaults)
+        unknown_checks = set(given) - set(defaults)
         if unknown_checks:
             raise TypeError(f"checks for unknown parameters {sorted(unknown_checks)} of method {name!r}")
+        if tau_schedule is not None and tau_schedule not in defaults:
+            raise TypeError(f"tau_schedule {tau_schedule!r} of method {name!r} is not one of its parameters")
+        checks = {
+            key: given.get(key, _BY_DEFAULT_TYPE.get(type(default)))
+            for key, default in defaults.items()
+            if key in given or type(default) in _BY_DEFAULT_TYPE
+        }
+        for key, check in checks.items():
+            try:
+                check(key, defaults[key])
+            except ValueError as err:
+                raise TypeError(f"method {name!r}: a default fails its own check ({err})") from None
 
         @functools.wraps(fn)
         def validated(inputs: PruneInputs, budget: int, **params: Any) -> Selection:
@@ -120,7 +227,8 @@ def register(name: str, *, needs: Sequence[str] = (), checks: dict[str, Check] |
             unknown = set(params) - set(defaults)
             if unknown:
                 raise ValueError(
-                    f"method {name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(defaults) or 'none'}"
+                    f"method {name!r} has no parameter(s) {_quote(sorted(unknown))}; "
+                    f"it takes {sorted(defaults) or 'none'}"
                 )
             for key, check in checks.items():
                 check(key, params.get(key, defaults[key]))
@@ -134,7 +242,17 @@ def register(name: str, *, needs: Sequence[str] = (), checks: dict[str, Check] |
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name=name, fn=validated, defaults=defaults, needs=tuple(needs), summary=summary)
+        _REGISTRY[name] = MethodSpec(
+            name=name,
+            fn=validated,
+            defaults=defaults,
+            needs=tuple(needs),
+            summary=summary,
+            ranges={key: _param_range(default, checks.get(key)) for key, default in defaults.items()},
+            replayable=replayable,
+            merges=merges,
+            tau_schedule=tau_schedule,
+        )
         return validated
 
     return decorator
@@ -150,7 +268,7 @@ def get_method(name: str) -> MethodSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown pruning method {name!r}; known methods: {', '.join(_REGISTRY)}") from None
+        raise ValueError(f"unknown pruning method {_quote(name)}; known methods: {', '.join(_REGISTRY)}") from None
 
 
 def method_params(name: str) -> dict[str, Any]:

@@ -38,8 +38,8 @@ from scenes.evaluate import COUNT_LIMIT, eval_scenes
 from scenes.generate import Scene
 from scenes.model import ModelConfig, build_model
 from scenes.tasks import Sample, count_prompt
-from scenes.train import TrainConfig, VisionHeads, _AttentionInputs, _feature_states, _head_attention
-from scenes.vocab import build_tokenizer
+from scenes.tokenizer import build_tokenizer
+from scenes.train import AttentionInputs, TrainConfig, VisionHeads, feature_states, head_attention
 
 __all__ = ["anchor_accuracy", "count_attention", "count_confusion", "main"]
 
@@ -92,12 +92,12 @@ def count_attention(
             batch = pack_sequences(tokenizer, [[sample]], len(image), [targets])
             embeds = model.get_input_embeddings()(batch.input_ids)
             embeds = embeds.masked_scatter((batch.input_ids == model.config.image_token_id)[..., None], image)
-            with _AttentionInputs(supervised) as taps:
+            with AttentionInputs(supervised) as taps:
                 model.model.language_model(
                     inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
                 )
             for i, attn in enumerate(supervised):
-                p = _head_attention(attn, *taps.inputs[i], batch, head=head)[0]  # (L,)
+                p = head_attention(attn, *taps.inputs[i], batch, head=head)[0]  # (L,)
                 row = sums[(first + i, min(n, 4))]
                 row[0] += 1
                 row[1] += float(p[0])
@@ -127,7 +127,7 @@ def anchor_accuracy(
         if not chunk:
             continue
         batch = vision_batch(chunk, rule)
-        feature, _ = _feature_states(model, batch.pixels)
+        feature, _ = feature_states(model, batch.pixels)
         logits = heads.anchor(feature[:, 1:])[..., 0]  # (B, N)
         for scene, scores, anchors in zip(chunk, logits, batch.patch_anchor, strict=True):
             owners = torch.from_numpy(patch_owners(scene))

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 
 from scenes.generate import TEXT_ID, Scene, generate_scene
 from scenes.tasks import Sample, parse_objects
-from scenes.vocab import IMAGE_TOKEN, PATCH_SIZE
+from scenes.tokenizer import IMAGE_TOKEN, PATCH_SIZE
 from scenes.vocabulary import COLORS, COMPLEXITIES, SHAPES, WORDS
 
 __all__ = [
@@ -255,7 +255,7 @@ class PackedBatch:
         ground_mask: (G, L) bool, the image-token positions of that row showing what it is about
             (for a count query, the support of ``ground_share``: unit patches and ``<s>``).
         ground_share: (G, L) float, for count queries the distribution the head should match over
-            its mask (``scenes.train._grounding_loss``): ``<s>`` and every instance of the shape
+            its mask (``scenes.train.grounding_loss``): ``<s>`` and every instance of the shape
             1 / (n + 1) each, an instance's share spread evenly over its patches; all zero for the
             other queries, whose head need only put its attention somewhere in the mask.
     """

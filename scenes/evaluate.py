@@ -6,17 +6,18 @@ Scenes use seeds ``EVAL_SEED_BASE + i`` (never used in training), complexity cyc
 (overall and per POPE negative type), caption recall / CHAIR_i / CHAIR_s, colour accuracy, counting
 accuracy on scenes with at most 6 objects and word exact match, overall and per complexity.
 
-The model is driven directly through transformers: the vision tower's feature-layer patch states
-are computed once per scene, an optional ``select`` function picks which of the 576 tokens the LLM
-receives (kept in raster order, contiguous positions, as methods.md prescribes), and a greedy loop
-decodes each prompt from a shared KV cache of the image prefix. With ``select=None`` all 576 tokens
-are kept. Pruned variants can later plug a ``select`` built on ``pruning/`` here.
+The model runs through the app's runtime (``app.runtime``), as any user's model does: each scene
+is encoded once (``Runner.encode``), an optional ``select`` picks the visual tokens the LLM
+receives (a ``pruning.Selection``, kept in raster order, e.g. ``runner.select(encoding, "adaptive",
+64)``), and each prompt is answered by ``Runner.generate_many`` with the processor's own chat
+template. With ``select=None`` all 576 tokens are kept. This module is a command at the top of
+``scenes``: it may use ``app.runtime``, while the scene library (generate, tasks, tokenizer, data,
+train) never imports ``app``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from collections import defaultdict
@@ -27,18 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoProcessor, LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
-from scenes.data import EVAL_SEED_BASE, pixel_tensor
+import pruning
+from app.runtime import Encoding, GenerationOptions, Runner, load_runner
+from scenes.data import EVAL_SEED_BASE
 from scenes.generate import Scene, generate_scene
-from scenes.tasks import NEGATIVE_TYPES, Sample, chair, exact_match, make_samples, yes_no_accuracy
-from scenes.vocab import IMAGE_TOKEN
+from scenes.tasks import NEGATIVE_TYPES, Sample, chair, make_samples
 from scenes.vocabulary import COMPLEXITIES
+from scoring import exact_match, yes_no_accuracy
 
 __all__ = [
+    "COUNT_LIMIT",
+    "MAX_NEW_TOKENS",
     "Answer",
-    "SceneEncoding",
-    "encode_scene",
     "eval_samples",
     "eval_scenes",
     "evaluate",
@@ -50,22 +52,11 @@ __all__ = [
 
 COUNT_LIMIT = 6
 """Counting accuracy is reported on scenes with at most this many objects (issue 4)."""
+MAX_NEW_TOKENS = 48
+"""Most new tokens decoded per answer."""
 
-Selector = Callable[[Scene, "SceneEncoding"], torch.Tensor]
-"""``select(scene, encoding) -> kept indices`` (K,) into the N patch tokens."""
-
-
-@dataclass(frozen=True)
-class SceneEncoding:
-    """The vision side of one scene.
-
-    Attributes:
-        feats_pre: V, (N, C) feature-layer patch states ([CLS] dropped).
-        cls_feat: (C,) feature-layer [CLS] state.
-    """
-
-    feats_pre: torch.Tensor
-    cls_feat: torch.Tensor
+Selector = Callable[[Scene, Encoding], pruning.Selection]
+"""``select(scene, encoding) -> selection`` of the encoding's N patch tokens."""
 
 
 @dataclass(frozen=True)
@@ -92,78 +83,38 @@ def eval_samples(scene: Scene) -> list[Sample]:
     return make_samples(scene, np.random.default_rng([scene.seed, 0xE7A1]))
 
 
-@torch.no_grad()
-def encode_scene(model: LlavaForConditionalGeneration, scene: Scene) -> SceneEncoding:
-    """Run the vision tower once; returns the feature-layer states."""
-    out = model.model.vision_tower(pixel_tensor([scene]), output_hidden_states=True)
-    states = out.hidden_states[model.config.vision_feature_layer][0]  # (1 + N, C)
-    return SceneEncoding(feats_pre=states[1:], cls_feat=states[0])
-
-
-@torch.no_grad()
 def greedy_answers(
-    model: LlavaForConditionalGeneration,
-    tokenizer: PreTrainedTokenizerFast,
-    feats_pre: torch.Tensor,
+    runner: Runner,
+    encoding: Encoding,
     prompts: Sequence[str],
+    selection: pruning.Selection | None = None,
     *,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> list[str]:
-    """Greedy answers to each prompt about one image given its (K, C) kept feature-layer states.
+    """Greedy answers to each prompt about one encoded image, from ``selection``'s visual tokens
+    (all N if None), decoded until the end-of-answer token or ``max_new_tokens``.
 
-    The prefix ``<s> USER : <image>×K`` is run once; each prompt continues from a copy of its KV
-    cache with the chat template's ``\\n{prompt} ASSISTANT:``, then decodes until ``</s>``.
+    One ``generate_many`` call per prompt: the runtime batches the selections of one prompt, and
+    here each prompt has one.
     """
-    lm = model.model.language_model
-    embed = model.get_input_embeddings()
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    head_ids = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
-    image_embeds = model.model.multi_modal_projector(feats_pre[None])  # (1, K, D)
-    prefix = torch.cat([embed(torch.tensor([head_ids])), image_embeds], dim=1)  # (1, P, D)
-    assert image_id not in head_ids
-    base = lm(inputs_embeds=prefix, use_cache=True)
-    answers = []
-    for prompt in prompts:
-        cache = copy.deepcopy(base.cache)
-        ids = tokenizer(f"\n{prompt} ASSISTANT:", add_special_tokens=False)["input_ids"]
-        pos = prefix.shape[1]
-        out_ids: list[int] = []
-        for _ in range(max_new_tokens):
-            step = torch.tensor([ids])
-            hidden = lm(
-                inputs_embeds=embed(step),
-                cache=cache,
-                use_cache=True,
-                position_ids=torch.arange(pos, pos + len(ids))[None],
-            ).last_hidden_state  # (1, T, D)
-            pos += len(ids)
-            nxt = int(model.lm_head(hidden[0, -1]).argmax())
-            if nxt == tokenizer.eos_token_id:
-                break
-            out_ids.append(nxt)
-            ids = [nxt]
-        answers.append(tokenizer.decode(out_ids, skip_special_tokens=True))
-    return answers
+    options = GenerationOptions(max_new_tokens=max_new_tokens)
+    return [runner.generate_many(encoding, prompt, [selection], options)[0].text for prompt in prompts]
 
 
 def evaluate(
-    model: LlavaForConditionalGeneration,
-    tokenizer: PreTrainedTokenizerFast,
+    runner: Runner,
     scenes: Sequence[Scene],
     *,
     select: Selector | None = None,
     progress: bool = False,
 ) -> list[Answer]:
-    """Answer every evaluation sample of every scene, keeping the tokens ``select`` picks (all if None)."""
+    """Answer every evaluation sample of every scene, from the tokens ``select`` picks (all if None)."""
     answers = []
     for scene in tqdm(scenes, desc="evaluate", disable=not progress):
-        enc = encode_scene(model, scene)
-        feats = enc.feats_pre
-        if select is not None:
-            kept = torch.sort(select(scene, enc)).values  # raster order
-            feats = feats[kept]
+        encoding = runner.encode(scene.image, use_cache=False)  # each scene once: caching would only evict
+        selection = select(scene, encoding) if select is not None else None
         samples = eval_samples(scene)
-        preds = greedy_answers(model, tokenizer, feats, [s.prompt for s in samples])
+        preds = greedy_answers(runner, encoding, [s.prompt for s in samples], selection)
         for sample, pred in zip(samples, preds, strict=True):
             answers.append(
                 Answer(
@@ -226,11 +177,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
+    runner = load_runner(str(args.model), device="cpu", dtype="float32")
     scenes = eval_scenes(args.n)
     started = time.time()
-    answers = evaluate(model, processor.tokenizer, scenes, progress=True)
+    answers = evaluate(runner, scenes, progress=True)
     result = report(answers, scenes)
     levels = list(result)
     names = list(result["all"])

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from scenes.vocab import IMAGE_TOKEN, PATCH_SIZE
+from scenes.tokenizer import IMAGE_TOKEN, PATCH_SIZE
 from scenes.vocabulary import IMAGE_SIZE
 
 __all__ = ["ModelConfig", "build_model", "grid_size"]

@@ -4,14 +4,14 @@ The prompts below are used verbatim by the model's training data, the app and th
 Captions follow one canonical, easily parsed format: object groups of identical (colour, shape)
 in vocabulary order (shape order of ``SHAPES``, then colour order of ``COLORS``), e.g.
 ``"A red circle, a blue square and two green triangles."``; a word scene is captioned
-``"The word clock."``. ``parse_objects`` reads mentions back from any text, and the scorers
-compute CHAIR_i, CHAIR_s and recall at the level of shapes (object categories, as COCO's are for
-CHAIR) plus yes/no and exact-match accuracy.
+``"The word clock."``. ``parse_objects`` reads mentions back from any text, and ``chair`` scores
+captions at the level of shapes (object categories, as COCO's are for CHAIR). Both read the
+tokenizer's words (``scoring.TOKENS``) through ``SCENE_VOCABULARY``; yes/no and exact-match
+accuracy are ``scoring.yes_no_accuracy`` and ``scoring.exact_match``.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,25 +20,23 @@ import numpy as np
 
 from scenes.generate import Scene
 from scenes.vocabulary import COLORS, CONFUSABLE, COUNT_WORDS, SHAPE_FREQUENCY, SHAPES
+from scoring import TOKENS, ChairScores, build_vocabulary, find_mentions, score_caption, words
 
 __all__ = [
     "CAPTION_PROMPT",
     "NEGATIVE_TYPES",
+    "SCENE_VOCABULARY",
     "WORD_PROMPT",
-    "ChairScores",
-    "Mention",
     "Sample",
+    "ShapeMention",
     "caption",
     "chair",
     "color_prompt",
     "count_prompt",
-    "exact_match",
     "existence_prompt",
     "make_samples",
-    "normalize_answer",
     "parse_objects",
     "wrong_colour_question",
-    "yes_no_accuracy",
 ]
 
 CAPTION_PROMPT = "Describe the image."
@@ -47,8 +45,11 @@ NEGATIVE_TYPES: tuple[str, ...] = ("random", "popular", "adversarial")
 """POPE negative types. ``attribute`` (a present shape in a colour it does not have) is a further,
 training-and-diagnostic-only type."""
 
+SCENE_VOCABULARY = build_vocabulary("scenes", {shape: () for shape in SHAPES})
+"""The shapes as object categories, singular and plural (``scoring.plural``: ``shape + "s"`` for each
+of ``SHAPES``, as the counting prompt writes them)."""
+
 _POPULARITY = tuple(s for _, s in sorted(zip(SHAPE_FREQUENCY, SHAPES, strict=True), key=lambda t: -t[0]))
-_PLURAL = {s + "s": s for s in SHAPES}
 _NUMBER_WORDS = {w: i for i, w in enumerate(COUNT_WORDS)} | {"a": 1, "an": 1}
 
 
@@ -87,7 +88,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Mention:
+class ShapeMention:
     """One object group named in a caption: ``count`` objects of ``shape``, ``color`` or ``None``."""
 
     color: str | None
@@ -111,86 +112,34 @@ def caption(scene: Scene) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def parse_objects(text: str) -> list[Mention]:
+def parse_objects(text: str) -> list[ShapeMention]:
     """Object mentions in free text: every shape word (singular or plural) with the colour word and
     number word right before it, when present. Unknown words are ignored.
 
     >>> parse_objects("A red circle and two green triangles.")  # doctest: +NORMALIZE_WHITESPACE
-    [Mention(color='red', shape='circle', count=1), Mention(color='green', shape='triangle', count=2)]
+    [ShapeMention(color='red', shape='circle', count=1), ShapeMention(color='green', shape='triangle', count=2)]
     """
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    mentions = []
-    for i, word in enumerate(words):
-        shape = word if word in SHAPES else _PLURAL.get(word)
-        if shape is None:
-            continue
-        j = i - 1
-        color = words[j] if j >= 0 and words[j] in COLORS else None
-        if color is not None:
-            j -= 1
-        count = _NUMBER_WORDS.get(words[j], 1) if j >= 0 else 1
-        mentions.append(Mention(color, shape, count))
-    return mentions
-
-
-@dataclass(frozen=True)
-class ChairScores:
-    """CHAIR over a set of captions, at the level of shapes (categories).
-
-    Attributes:
-        chair_i: hallucinated shape mentions / all shape mentions (distinct shapes per caption).
-        chair_s: fraction of captions with at least one hallucinated shape.
-        recall: ground-truth shapes mentioned / all ground-truth shapes (distinct per scene).
-        n_captions: how many captions were scored.
-    """
-
-    chair_i: float
-    chair_s: float
-    recall: float
-    n_captions: int
+    lowered = text.lower()  # TOKENS' offsets index the lower-cased text
+    out = []
+    for mention in find_mentions(text, SCENE_VOCABULARY, rule=TOKENS):
+        before = words(lowered[: mention.start])
+        color = before.pop() if before and before[-1] in COLORS else None
+        count = _NUMBER_WORDS.get(before[-1], 1) if before else 1
+        out.append(ShapeMention(color, mention.category, count))
+    return out
 
 
 def chair(captions: Sequence[str], truths: Sequence[Sequence[str]]) -> ChairScores:
-    """Score ``captions`` against the ground-truth shape lists ``truths`` (one per caption)."""
+    """CHAIR of ``captions`` against the ground-truth shape lists ``truths`` (one per caption), recall
+    pooled over the captions."""
     if len(captions) != len(truths):
         raise ValueError(f"{len(captions)} captions but {len(truths)} ground truths")
-    mentioned_total = hallucinated_total = bad_captions = gt_total = gt_hit = 0
-    for text, truth in zip(captions, truths, strict=True):
-        said = {m.shape for m in parse_objects(text)}
-        gt = set(truth)
-        wrong = said - gt
-        mentioned_total += len(said)
-        hallucinated_total += len(wrong)
-        bad_captions += bool(wrong)
-        gt_total += len(gt)
-        gt_hit += len(said & gt)
-    return ChairScores(
-        chair_i=hallucinated_total / mentioned_total if mentioned_total else 0.0,
-        chair_s=bad_captions / len(captions) if captions else 0.0,
-        recall=gt_hit / gt_total if gt_total else 1.0,
-        n_captions=len(captions),
+    return ChairScores.from_captions(
+        [
+            score_caption(text, truth, SCENE_VOCABULARY, rule=TOKENS)
+            for text, truth in zip(captions, truths, strict=True)
+        ]
     )
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, strip spaces and a trailing full stop: ``" Yes."`` → ``"yes"``."""
-    return text.strip().rstrip(".").strip().lower()
-
-
-def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
-    """Fraction of predictions equal to their answer after ``normalize_answer``."""
-    if len(predictions) != len(answers):
-        raise ValueError(f"{len(predictions)} predictions but {len(answers)} answers")
-    if not answers:
-        return 0.0
-    hits = sum(normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers, strict=True))
-    return hits / len(answers)
-
-
-def yes_no_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
-    """Accuracy of yes/no answers, reading only the first word of each prediction (POPE's rule)."""
-    firsts = [(re.findall(r"[a-z]+", p.lower()) or [""])[0] for p in predictions]
-    return exact_match(firsts, answers)
 
 
 def wrong_colour_question(scene: Scene, rng: np.random.Generator) -> Sample | None:

@@ -67,10 +67,23 @@ from scenes.data import (
 from scenes.generate import Scene
 from scenes.model import ModelConfig, build_model, grid_size
 from scenes.tasks import Sample, make_samples, wrong_colour_question
-from scenes.vocab import build_processor, build_tokenizer
+from scenes.tokenizer import build_processor, build_tokenizer
 from scenes.vocabulary import COLORS, SHAPES, WORDS
 
-__all__ = ["TrainConfig", "main", "sincos_positions", "train"]
+__all__ = [
+    "AttentionInputs",
+    "TrainConfig",
+    "VisionHeads",
+    "anchor_loss",
+    "feature_states",
+    "grounding_loss",
+    "head_attention",
+    "main",
+    "sincos_positions",
+    "text_loss",
+    "train",
+    "wrong_colour_questions",
+]
 
 DEFAULT_NAME = "prunelens-tiny-llava"
 STAGE1_SEED_BASE = 0
@@ -97,7 +110,7 @@ class TrainConfig:
         drop_prob: stage-2 chance that an image keeps only a random subset of its visual tokens
             (``scenes.data.random_keep``), its answers then describing only what the kept patches
             show, so the decoder copes with pruned inputs of any size.
-        ground_weight: weight of the stage-2 grounding loss (``_grounding_loss``): head 0 of every
+        ground_weight: weight of the stage-2 grounding loss (``grounding_loss``): head 0 of every
             decoder layer after the first must put its attention, from a token that asks or
             tells about an object, on that object's patches. Without it the decoder answered
             shape questions from any object's patches (the attention of a 3000-step run went to
@@ -124,7 +137,7 @@ class TrainConfig:
             but wrong-colour questions got "Yes" 99.7 % of the time (0.36 without count shares): head 0 serves
             every grounding query, and its ``<s>`` share leaks into existence questions.
         count_head: which attention head of the supervised decoder layers the count share queries
-            supervise (``_grounding_loss``). 0 shares head 0 with the other grounding queries; any
+            supervise (``grounding_loss``). 0 shares head 0 with the other grounding queries; any
             other head leaves head 0's mass targets to colour and existence questions alone and
             asks the share of that head only. A full run with ``count_head=1`` (anchors as above;
             4818 s on the 2-core CPU) brought wrong-colour "No" back to 0.477 but counting fell to
@@ -142,7 +155,7 @@ class TrainConfig:
             the star is green; answer "No") per stage-2 scene. ``make_samples`` asks one, against
             two coloured positives, so a model that cannot check the colour still gets two of
             three right by answering "Yes"; each one above 1 is another, appended to the scene's
-            samples (``_wrong_colour_questions``). Stage 2 with ``count_share="anchors",
+            samples (``wrong_colour_questions()``). Stage 2 with ``count_share="anchors",
             count_head=1, count_absent=True, wrong_colour_questions=2`` on the tower of
             ``anchor_weight=1.0, anchor_rule="first"`` (3609 s; ``--vision-from``) met every target
             of issue 4 on 500 held-out scenes: counting ≤ 6 objects 0.807 (two objects 39/75 right,
@@ -230,11 +243,11 @@ class VisionHeads(nn.Module):
             "patch_word": _masked_ce(word_logits, batch.patch_word, batch.patch_word > 0),
         }
         if self.anchor is not None:
-            losses["patch_anchor"] = self.anchor_weight * _anchor_loss(self.anchor(patches)[..., 0], batch)
+            losses["patch_anchor"] = self.anchor_weight * anchor_loss(self.anchor(patches)[..., 0], batch)
         return losses
 
 
-def _anchor_loss(logits: torch.Tensor, batch: VisionBatch) -> torch.Tensor:
+def anchor_loss(logits: torch.Tensor, batch: VisionBatch) -> torch.Tensor:
     """Balanced binary cross-entropy of (B, N) anchor logits over object patches: the anchors and
     the other patches of the objects weigh half each, as anchors are about one patch in ten."""
     objects = batch.patch_shape > 0  # (B, N)
@@ -280,7 +293,7 @@ def _lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _text_loss(
+def text_loss(
     model: nn.Module,
     features: torch.Tensor,
     batch: PackedBatch,
@@ -292,7 +305,7 @@ def _text_loss(
 ) -> torch.Tensor:
     """Answer-token cross-entropy of a packed batch: the token mean, or with ``sample_weighting`` the
     mean over samples of each sample's token mean; plus ``ground_weight`` times the grounding loss
-    (``_grounding_loss``) when the batch has grounding queries; count share queries supervise head
+    (``grounding_loss``) when the batch has grounding queries; count share queries supervise head
     ``count_head``.
 
     ``features`` are the kept feature-layer patch states of all rows concatenated, (T, C) with T the
@@ -306,7 +319,7 @@ def _text_loss(
     layers = model.model.language_model.layers
     supervised = [layer.self_attn for layer in (layers[1:] or layers)]
     grounded = ground_weight > 0 and len(batch.ground_index) > 0
-    with _AttentionInputs(supervised if grounded else []) as taps:
+    with AttentionInputs(supervised if grounded else []) as taps:
         hidden = model.model.language_model(
             inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         ).last_hidden_state  # (B, L, D)
@@ -320,20 +333,18 @@ def _text_loss(
     if parts is not None:
         parts["text"] = loss.item()
     if grounded:
-        probs = [_head_attention(m, *taps.inputs[i], batch) for i, m in enumerate(supervised)]
+        probs = [head_attention(m, *taps.inputs[i], batch) for i, m in enumerate(supervised)]
         count_probs = None
         if count_head != 0 and bool((batch.ground_share.sum(-1) > 0).any()):
-            count_probs = [
-                _head_attention(m, *taps.inputs[i], batch, head=count_head) for i, m in enumerate(supervised)
-            ]
-        ground = _grounding_loss(probs, batch, count_probs)
+            count_probs = [head_attention(m, *taps.inputs[i], batch, head=count_head) for i, m in enumerate(supervised)]
+        ground = grounding_loss(probs, batch, count_probs)
         loss = loss + ground_weight * ground
         if parts is not None:
             parts["ground"] = ground.item()
     return loss
 
 
-class _AttentionInputs:
+class AttentionInputs:
     """Context manager recording the (hidden states, (cos, sin)) each given attention module receives."""
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
@@ -341,7 +352,7 @@ class _AttentionInputs:
         self.inputs: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
         self._handles: list = []
 
-    def __enter__(self) -> _AttentionInputs:
+    def __enter__(self) -> AttentionInputs:
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._record, with_kwargs=True))
         return self
@@ -355,7 +366,7 @@ class _AttentionInputs:
             handle.remove()
 
 
-def _head_attention(
+def head_attention(
     attn: nn.Module,
     hidden: torch.Tensor,
     cos_sin: tuple[torch.Tensor, torch.Tensor],
@@ -390,7 +401,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _grounding_loss(
+def grounding_loss(
     probs: Sequence[torch.Tensor],
     batch: PackedBatch,
     count_probs: Sequence[torch.Tensor] | None = None,
@@ -423,14 +434,14 @@ def _grounding_loss(
     return torch.stack(losses).mean()
 
 
-def _wrong_colour_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Sample]:
+def wrong_colour_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Sample]:
     """Up to ``n`` more ``scenes.tasks.wrong_colour_question`` draws for ``scene``; none for a scene
     without objects, and none for a draw whose shape has every colour."""
     questions = [wrong_colour_question(scene, rng) for _ in range(max(n, 0) if scene.objects else 0)]
     return [q for q in questions if q is not None]
 
 
-def _feature_states(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_states(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(feature-layer states (B, 1 + N, C), pooled last-layer [CLS] (B, C)) of the vision tower."""
     out = model.model.vision_tower(pixels, output_hidden_states=True)
     return out.hidden_states[model.config.vision_feature_layer], out.pooler_output
@@ -540,7 +551,7 @@ def train(
             batch = vision_batch([training_scene(s) for s in seeds])
             for group in optimizer.param_groups:
                 group["lr"] = cfg.vision_lr * _lr_factor(step, cfg.vision_steps, cfg.warmup)
-            feature, pooled = _feature_states(model, batch.pixels)
+            feature, pooled = feature_states(model, batch.pixels)
             losses = heads.loss(feature, pooled, batch)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -571,7 +582,7 @@ def train(
         seeds = range(STAGE2_SEED_BASE + step * cfg.text_batch, STAGE2_SEED_BASE + (step + 1) * cfg.text_batch)
         scenes = [training_scene(s) for s in seeds]
         with torch.no_grad():
-            feature, _ = _feature_states(model, pixel_tensor(scenes))  # (B, 1 + N, C)
+            feature, _ = feature_states(model, pixel_tensor(scenes))  # (B, 1 + N, C)
         sample_lists, kept, targets = [], [], []
         for b, scene in enumerate(scenes):
             rng = np.random.default_rng([scene.seed, 0x7A5C])
@@ -584,7 +595,7 @@ def train(
             samples = make_samples(view, rng)
             caption, rest = samples[0], samples[1:]
             order = rng.permutation(len(rest))[: cfg.max_samples - 1]
-            extra = _wrong_colour_questions(view, rng, cfg.wrong_colour_questions - 1)
+            extra = wrong_colour_questions(view, rng, cfg.wrong_colour_questions - 1)
             sample_lists.append([caption] + [rest[i] for i in order] + extra)
             kept.append(feature[b, 1:][torch.from_numpy(keep)])  # (K_b, C)
             labels = patch_labels(scene)
@@ -598,7 +609,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = cfg.text_lr * _lr_factor(step, cfg.text_steps, cfg.warmup)
         parts: dict[str, float] = {}
-        loss = _text_loss(
+        loss = text_loss(
             model,
             torch.cat(kept),
             batch,

@@ -1,7 +1,7 @@
 """The closed world of the procedural scenes: shapes, colours, sizes, words and complexity levels.
 
 Everything the scenes can contain, the tasks can ask and the tiny model can say is named here, so
-the tokenizer (``scenes.vocab``), the renderer (``scenes.generate``) and the scorers
+the tokenizer (``scenes.tokenizer``), the renderer (``scenes.generate``) and the scorers
 (``scenes.tasks``) agree by construction. Shapes play the role of object categories (as COCO's 80
 do for CHAIR); colours are attributes.
 """

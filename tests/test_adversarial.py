@@ -24,11 +24,11 @@ from PIL import Image
 
 from app.compare import ComparePipeline, Example
 from app.handlers import Handlers
-from app.objects import COCO_VOCABULARY
 from app.runtime import GenerationOptions, Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 from app.sessions import ServerFullError, SessionStore
 from app.ui import MAX_MESSAGE_CHARS, _guard, build_demo
+from scoring import COCO_VOCABULARY
 from tests.serving import serve_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,17 @@ def defaults(h: Handlers) -> list:
     return [slot.default for slot in h.slots]
 
 
-def answer_summary(h: Handlers, outputs: list) -> str:
-    """The answer-summary markdown in on_view's outputs (after bars, τ and three per method)."""
-    return outputs[2 + 3 * len(h.info["methods"]) + 3]
+def shown(demo: gr.Blocks, outputs: dict, elem_id: str):
+    """What an event's ``{component: value}`` outputs give the component ``elem_id`` (gr.skip(): left as is)."""
+    assert isinstance(outputs, dict)
+    (component,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id]
+    return outputs.get(component, gr.skip())
+
+
+def stored_key(outputs: dict) -> str:
+    """The image key an on_load output stores in the page's session state."""
+    (key,) = [v for c, v in outputs.items() if isinstance(c, gr.State)]
+    return key
 
 
 def test_compare_during_a_new_image_answers_for_the_new_image(page, tmp_path, example_image):
@@ -94,10 +102,10 @@ def test_compare_during_a_new_image_answers_for_the_new_image(page, tmp_path, ex
     # was loading, and showed the previous image's answers (marked against its truth) beside the new.
     pipeline, h, demo = page
     on_load, on_answer = event(demo, "on_load"), event(demo, "on_answer")
-    key_a = on_load(request("s"), upload(tmp_path, example_image, "a"))[0]
+    key_a = stored_key(on_load(request("s"), upload(tmp_path, example_image, "a")))
     b = upload(tmp_path, noise(7), "b")  # the page shows B; its load has not finished
     out = on_answer(request("s"), b, key_a, "describe this image", ["attention"], 4, "", *defaults(h))
-    summary = out[3]
+    summary = shown(demo, out, "answer-summary")
     assert "noise #100" not in summary and "image " in summary  # labelled with B, not the example A
     key_b = pipeline.key_for(noise(7), "s")
     assert key_b != key_a and f"image {key_b[:8]}" in summary
@@ -108,7 +116,7 @@ def test_png_export_works_from_what_the_page_holds(page, tmp_path, example_image
     # Before: the overlays arrived from the browser as numpy arrays and export_png expected PIL
     # images, so every PNG export failed with TypeError.
     _, h, demo = page
-    key = event(demo, "on_load")(request("s"), upload(tmp_path, example_image, "a"))[0]
+    key = stored_key(event(demo, "on_load")(request("s"), upload(tmp_path, example_image, "a")))
     event(demo, "on_view")(request("s"), key, ["attention", "diversity"], 5, "order", *defaults(h))
     path = event(demo, "on_export_png")(request("s"))
     sheet = Image.open(path)
@@ -129,11 +137,11 @@ def test_another_users_uploads_cannot_evict_my_image(page, tmp_path):
     # their Compare failed with "this image is no longer in memory".
     pipeline, h, demo = page
     on_load, on_view = event(demo, "on_load"), event(demo, "on_view")
-    mine = on_load(request("me"), upload(tmp_path, noise(1), "mine"))[0]
+    mine = stored_key(on_load(request("me"), upload(tmp_path, noise(1), "mine")))
     for i in range(40):
         on_load(request(f"other-{i}"), upload(tmp_path, noise(1000 + i), f"o{i}"))
     out = on_view(request("me"), mine, ["attention"], 4, "none", *defaults(h))
-    assert out[0] is not None  # drawn: my image is still held
+    assert shown(demo, out, "bars") is not None  # drawn: my image is still held
     assert pipeline.store.stats()["entries"] == 41
 
 
@@ -181,17 +189,18 @@ def test_unreadable_uploads_get_a_clear_message_on_the_page(page, tmp_path):
         path = tmp_path / f"{name.replace(' ', '_')}.png"
         path.write_bytes(data)
         out = on_load(request("s"), {"path": str(path), "url": None})
-        assert out[0] == "" and expected[name] in out[1], (name, out[1])
-        assert str(tmp_path) not in out[1]
+        said = shown(demo, out, "complexity")
+        assert stored_key(out) == "" and expected[name] in said, (name, said)
+        assert str(tmp_path) not in said
 
 
 def test_data_urls_cannot_bypass_the_upload_limit(page):
     _, _, demo = page
     too_big = "data:image/png;base64," + "A" * (28 * 2**20)
     out = event(demo, "on_load")(request("s"), {"path": None, "url": too_big})
-    assert out[0] == "" and "limit is 20 MB" in out[1]
+    assert stored_key(out) == "" and "limit is 20 MB" in shown(demo, out, "complexity")
     ok = "data:image/png;base64," + base64.b64encode(_png_bytes(noise(4))).decode()
-    assert event(demo, "on_load")(request("s"), {"path": None, "url": ok})[0]
+    assert stored_key(event(demo, "on_load")(request("s"), {"path": None, "url": ok}))
 
 
 def test_messages_are_escaped_and_cut_short():
@@ -213,7 +222,7 @@ def test_odd_values_are_refused_not_reinterpreted(page, tmp_path, example_image)
         h.view(key, ["attention"], True, defaults(h), None, "s")
     values = defaults(h)
     values[[s.label for s in h.slots].index("hybrid-erank · inverse")] = "abc"
-    with pytest.raises(ValueError, match="inverse must be true or false"):
+    with pytest.raises(ValueError, match="inverse must be true or false, got 'abc'"):
         h.params(values)
     values = defaults(h)
     values[[s.label for s in h.slots].index("hybrid-erank · erank_lo")] = -1
@@ -224,8 +233,8 @@ def test_odd_values_are_refused_not_reinterpreted(page, tmp_path, example_image)
         == h.methods("attention, diversity")
         == h.methods('["attention", "diversity"]')
     )
-    with pytest.raises(ValueError, match="once"):
-        h.methods(["attention", "attention"])
+    with pytest.raises(ValueError, match="each method may be chosen once"):
+        h.view(key, ["attention", "attention"], 4, defaults(h), None, "s")
 
 
 def test_blank_ground_truth_keeps_the_scenes_own(page, example_image):
@@ -258,7 +267,7 @@ def test_a_prompt_too_long_for_the_model_says_how_long_it_may_be(page, example_i
 def test_exports_do_not_pile_up(page, tmp_path, example_image):
     # Before: every export left /tmp/prunelens-*.json behind, never deleted (100 exports, 100 files).
     pipeline, h, demo = page
-    key = event(demo, "on_load")(request("s"), upload(tmp_path, example_image, "a"))[0]
+    key = stored_key(event(demo, "on_load")(request("s"), upload(tmp_path, example_image, "a")))
     event(demo, "on_view")(request("s"), key, ["attention"], 4, "none", *defaults(h))
     paths = {event(demo, "on_export_json")(request("s")) for _ in range(100)}
     paths |= {event(demo, "on_export_png")(request("s")) for _ in range(5)}
@@ -273,15 +282,16 @@ def test_moving_the_budget_clears_the_answers(page, tmp_path, example_image):
     _, h, demo = page
     on_view, on_answer = event(demo, "on_view"), event(demo, "on_answer")
     img = upload(tmp_path, example_image, "a")
-    key = event(demo, "on_load")(request("s"), img)[0]
+    key = stored_key(event(demo, "on_load")(request("s"), img))
     on_view(request("s"), key, ["attention"], 8, "none", *defaults(h))
     out = on_answer(request("s"), img, key, "describe", ["attention"], 8, "", *defaults(h))
-    assert "at **8** tokens" in out[3]
+    assert "at **8** tokens" in shown(demo, out, "answer-summary")
     same = on_view(request("s"), key, ["attention"], 8, "order", *defaults(h))  # colouring only
-    assert answer_summary(h, same) == gr.skip()  # the answers stay
+    assert shown(demo, same, "answer-summary") == gr.skip()  # the answers stay
+    assert shown(demo, same, "answer-full") == gr.skip()
     moved = on_view(request("s"), key, ["attention"], 4, "order", *defaults(h))
-    assert "Answers cleared" in answer_summary(h, moved)
-    assert moved[2 + 3 * len(h.info["methods"])] is None  # the full model's answer is emptied
+    assert "Answers cleared" in shown(demo, moved, "answer-summary")
+    assert shown(demo, moved, "answer-full") is None  # the full model's answer is emptied
     assert "answers" not in h.session_record("s")
 
 
@@ -289,7 +299,7 @@ def test_answers_finishing_after_a_budget_move_are_discarded(page, tmp_path, exa
     pipeline, h, demo = page
     on_view, on_answer = event(demo, "on_view"), event(demo, "on_answer")
     img = upload(tmp_path, example_image, "a")
-    key = event(demo, "on_load")(request("s"), img)[0]
+    key = stored_key(event(demo, "on_load")(request("s"), img))
     on_view(request("s"), key, ["attention"], 8, "none", *defaults(h))
     real = pipeline.runner.generate_many
 
@@ -302,7 +312,7 @@ def test_answers_finishing_after_a_budget_move_are_discarded(page, tmp_path, exa
         out = on_answer(request("s"), img, key, "describe", ["attention"], 8, "", *defaults(h))
     finally:
         pipeline.runner.generate_many = real
-    assert out[0] is None and "Stopped" in out[3]
+    assert shown(demo, out, "answer-full") is None and "Stopped" in shown(demo, out, "answer-summary")
 
 
 @pytest.mark.parametrize("how", ["stop", "unload", "newer request"])
@@ -421,7 +431,7 @@ def test_api_limits_hold_for_data_urls_and_long_text(server, scene_file):
     big = {"path": None, "url": "data:image/png;base64," + "A" * (28 * 2**20), "meta": {"_type": "gradio.FileData"}}
     assert "limit is 20 MB" in _refusal(server, big)
     text = _refusal(server, handle_file(str(scene_file)), methods="x" * 5_000_000)
-    assert "unknown method" in text
+    assert "unknown pruning method" in text
     html_truth = _refusal(server, handle_file(str(scene_file)), truth="<a href='https://example.com'>dog</a>")
     assert "<a" not in html_truth and "&lt;a" in html_truth
     assert "whole number" in _refusal(server, handle_file(str(scene_file)), budget=True)

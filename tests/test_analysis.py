@@ -18,9 +18,10 @@ from app.analysis.run import run_analysis
 from app.analysis.scoring import aggregate, chair_scores, pope_scores, score_answer
 from app.analysis.sources import Problem, coco_items, pope_items
 from app.analyze import main
-from app.objects import COCO_VOCABULARY, SCENE_VOCABULARY
 from app.runtime import Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
+from scenes.tasks import SCENE_VOCABULARY
+from scoring import COCO_VOCABULARY
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"select_ms", "batch_ms"}

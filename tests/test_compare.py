@@ -9,9 +9,9 @@ from PIL import Image
 
 import pruning
 from app.compare import ComparePipeline, Example, budget_presets
-from app.objects import COCO_VOCABULARY
 from app.runtime import GenerationOptions, Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
+from scoring import COCO_VOCABULARY
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,16 @@ def test_info_lists_every_method_with_calibrated_defaults(pipeline):
     assert info["methods"] == pruning.list_methods()
     assert info["default_methods"] == ["attention", "diversity", "adaptive"]
     assert info["params"]["adaptive"]["erank_avg"] == pipeline.runner.calibration.erank_avg
-    assert info["n_tokens"] == 16
+    assert info["n_tokens"] == 16 and info["default_budget"] == 2  # the third preset: 64 of 576, scaled
+    assert "generator" not in info["params"]["random"]  # no widget holds one
+    described = info["method_info"]
+    assert [m for m in info["methods"] if described[m]["replayable"]] == ["attention", "diversity", "adaptive"]
+    assert info["default_replay"] == "adaptive" and described["adaptive"]["tau_schedule"] == "tau_max"
+    assert [m for m in info["methods"] if described[m]["merges"]] == ["visionzip"]
+    assert described["vispruner"]["ranges"]["r"] == {
+        "kind": "number", "wants": "a number in [0, 1]", "lo": 0.0, "hi": 1.0, "step": 0.05, "choices": None
+    }  # fmt: skip
+    json.dumps(info)  # plain values only
 
 
 def test_load_then_view_is_the_fast_path(pipeline):
@@ -110,8 +119,11 @@ def test_compare_payload_is_json(pipeline):
     "call, message",
     [
         (lambda p, k: p.view(k, ["nope"], 4), "unknown pruning method 'nope'"),
-        (lambda p, k: p.view(k, ["attention"], 0), "budget must be an integer from 1 to 16"),
-        (lambda p, k: p.view(k, ["attention"], 17), "budget must be an integer from 1 to 16"),
+        (lambda p, k: p.view(k, ["attention"], 0), "budget must be a whole number from 1 to 16, got 0"),
+        (lambda p, k: p.view(k, ["attention"], 17), "budget must be a whole number from 1 to 16, got 17"),
+        (lambda p, k: p.view(k, ["attention"], 4.0), "budget must be a whole number from 1 to 16, got 4.0"),
+        (lambda p, k: p.view(k, [], 4), "pick at least one pruning method"),
+        (lambda p, k: p.view(k, ["attention", "attention"], 4), "each method may be chosen once"),
         (lambda p, k: p.view(k, "attention", 4), "methods must be a list"),
         (lambda p, k: p.view(k, ["adaptive"], 4, {"adaptive": {"tau": 1}}), "no parameter"),
         (lambda p, k: p.view(k, ["adaptive"], 4, {"adaptive": {"tau_max": -1}}), "tau_max must be a positive"),
@@ -124,6 +136,24 @@ def test_bad_requests(pipeline, call, message):
     key = pipeline.load(image(6))["key"]
     with pytest.raises(ValueError, match=message):
         call(pipeline, key)
+
+
+def test_compare_checks_the_request_before_encoding(pipeline):
+    encodes = []
+    real = pipeline.runner.encode
+    pipeline.runner.encode = lambda *a, **k: encodes.append(1) or real(*a, **k)
+    try:
+        for call, message in [
+            (lambda: pipeline.compare(image(9), "", ["attention"], 4), "prompt is empty"),
+            (lambda: pipeline.compare(image(9), "hi", ["nope"], 4), "unknown pruning method 'nope'"),
+            (lambda: pipeline.compare(image(9), "hi", ["attention"], 99), "from 1 to 16, got 99"),
+            (lambda: pipeline.compare(image(9), "hi", ["attention"], 4, truth_text="unicorn"), "unknown object"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                call()
+    finally:
+        pipeline.runner.encode = real
+    assert encodes == []
 
 
 def test_bad_images(pipeline):

@@ -10,8 +10,8 @@ import pytest
 from scenes.counting import anchor_accuracy, count_attention, count_confusion, main
 from scenes.evaluate import eval_scenes
 from scenes.model import build_model
+from scenes.tokenizer import build_tokenizer
 from scenes.train import SMOKE, train
-from scenes.vocab import build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,9 +8,9 @@ from PIL import Image
 
 from app.compare import ComparePipeline
 from app.handlers import Handlers
-from app.objects import COCO_VOCABULARY
 from app.runtime import Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
+from scoring import COCO_VOCABULARY
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,28 @@ def defaults(h):
     return [slot.default for slot in h.slots]
 
 
+def test_widget_values_become_plain_values(handlers):
+    assert handlers.budget(4.0) == 4 and handlers.budget("4") == 4 and handlers.budget(2.5) == 2.5
+    assert (
+        handlers.methods("attention, adaptive")
+        == ["attention", "adaptive"]
+        == handlers.methods(("attention", "adaptive"))
+    )
+    values = defaults(handlers)
+    labels = [s.label for s in handlers.slots]
+    values[labels.index("random · seed")] = 3.0
+    values[labels.index("hybrid-erank · inverse")] = "true"
+    values[labels.index("adaptive · tau_max")] = "0.5"
+    assert handlers.params(values) == {
+        "random": {"seed": 3},
+        "hybrid-erank": {"inverse": True},
+        "adaptive": {"tau_max": 0.5},
+    }
+    values[labels.index("adaptive · tau_max")] = True
+    with pytest.raises(ValueError, match="adaptive · tau_max must be a number, got True"):
+        handlers.params(values)
+
+
 def test_parameter_slots_cover_every_numeric_parameter(handlers):
     labels = {slot.label for slot in handlers.slots}
     assert {"adaptive · tau_max", "adaptive · erank_avg", "vispruner · r", "hybrid-erank · inverse"} <= labels
@@ -40,6 +62,9 @@ def test_parameter_slots_cover_every_numeric_parameter(handlers):
 def test_load_view_answer_round_trip(handlers):
     key, md, fig, heat = handlers.load(picture())
     assert key and "Image complexity" in md and fig is not None and heat is not None
+    # the tiny model has no calibration file: the page says so in words, and how to calibrate it
+    assert "Uncalibrated: LLaVA-1.5-7B's erank statistics stand in" in md
+    assert "`python -m app.calibrate MODEL IMAGE_FOLDER`" in md
     cards, _bars, taus, record = handlers.view(key, ["attention", "adaptive"], 4, defaults(handlers), "order")
     assert [c["method"] for c in cards] == ["attention", "adaptive"]
     assert "**4** tokens" in cards[0]["stats"]
@@ -77,7 +102,7 @@ def test_export_png_tiles_overlays(handlers):
         (lambda h, k: h.load(None), "no image"),
         (lambda h, k: h.view("", ["attention"], 4, defaults(h), None), "load an image first"),
         (lambda h, k: h.view(k, [], 4, defaults(h), None), "at least one"),
-        (lambda h, k: h.view(k, ["magic"], 4, defaults(h), None), "unknown method"),
+        (lambda h, k: h.view(k, ["magic"], 4, defaults(h), None), "unknown pruning method 'magic'"),
         (lambda h, k: h.view(k, ["attention"], 2.5, defaults(h), None), "whole number from 1 to 16"),
         (lambda h, k: h.view(k, ["attention"], 99, defaults(h), None), "whole number from 1 to 16"),
         (lambda h, k: h.view(k, ["attention"], "many", defaults(h), None), "budget must be a number"),
@@ -100,3 +125,74 @@ def test_bad_images_are_refused(handlers, tmp_path):
         handlers.load(b"GIF89a not really")
     huge = Image.new("L", (1, 1))
     assert handlers.load(huge)[0]  # a 1x1 grey image still works
+
+
+@pytest.fixture
+def registered_walk():
+    """A method registered by a test, with capabilities, removed again afterwards."""
+    import pruning.registry as registry
+    from pruning.methods.attention import attention_order, selection_from_order
+
+    @registry.register(
+        "test-walk",
+        checks={"share": registry.unit_interval, "cap": registry.positive},
+        replayable=True,
+        tau_schedule="cap",
+    )
+    def select_test_walk(inputs, budget, *, share=0.5, cap=0.3, loud=False):
+        """Test walk: attention order, a flat τ schedule."""
+        order = attention_order(inputs.cls_attn)[:budget]
+        return selection_from_order("test-walk", inputs, order, {"taus": [cap] * budget})
+
+    yield "test-walk"
+    registry._REGISTRY.pop("test-walk")
+
+
+def test_a_newly_registered_method_reaches_the_page_unedited(handlers, registered_walk):
+    from app.ui import build_demo
+
+    pipeline = ComparePipeline(handlers.pipeline.runner, vocabulary=COCO_VOCABULARY, max_new_tokens=5)
+    h = Handlers(pipeline)
+    described = h.info["method_info"]["test-walk"]
+    assert described["replayable"] and described["tau_schedule"] == "cap" and not described["merges"]
+    slots = {s.label: s for s in h.slots if s.method == "test-walk"}
+    assert set(slots) == {"test-walk · share", "test-walk · cap", "test-walk · loud"}
+    share = slots["test-walk · share"]
+    assert (share.kind, share.lo, share.hi, share.step, share.wants) == ("number", 0.0, 1.0, 0.05, "a number in [0, 1]")
+    assert slots["test-walk · loud"].kind == "bool" and slots["test-walk · cap"].default == 0.3
+
+    key = h.load(picture(4))[0]
+    values = defaults(h)
+    values[[s.label for s in h.slots].index("test-walk · cap")] = 0.2
+    cards, _bars, taus, _record = h.view(key, ["attention", "test-walk"], 4, values, None)
+    assert [c["method"] for c in cards] == ["attention", "test-walk"]
+    assert taus.data[0].name == "test-walk" and list(taus.data[0].y) == [0.2] * 4
+    assert "Pick **2** of 4" in h.step(key, "test-walk", 4, 2, values)[1]
+    values[[s.label for s in h.slots].index("test-walk · share")] = 1.5
+    with pytest.raises(ValueError, match=r"share must be a number in \[0, 1\], got 1.5"):
+        h.view(key, ["test-walk"], 4, values, None)
+
+    demo = build_demo(pipeline)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"col-test-walk", "overlay-test-walk", "answer-test-walk"} <= ids
+    radios = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Method"]
+    assert ["test-walk", "test-walk"] in [list(c) for c in radios[0].choices]
+
+
+def test_the_page_code_names_no_model_library_and_no_method():
+    """app.handlers and app.ui import neither torch nor pruning, and name no method: the registry,
+    through pipeline.info(), says what there is (app.choices holds the app's default methods)."""
+    import ast
+    from pathlib import Path
+
+    import pruning
+
+    root = Path(__file__).resolve().parents[1] / "app"
+    for path in [root / "handlers.py", *sorted((root / "ui").glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"torch", "pruning", "transformers"}, path
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        strings -= {"attention"}  # also a colouring mode ("colour kept patches by attention")
+        assert not strings & set(pruning.list_methods()), (path, strings & set(pruning.list_methods()))

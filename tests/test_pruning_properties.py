@@ -49,6 +49,48 @@ def test_selection_shape_and_order(method, budget):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_parameter_ranges_accept_the_defaults(method):
+    spec = pruning.get_method(method)
+    assert set(spec.ranges) == set(spec.defaults)
+    for name, r in spec.ranges.items():
+        default = spec.defaults[name]
+        assert r.kind in ("number", "int", "bool", "other")
+        if r.kind == "bool":
+            assert default in r.choices and isinstance(default, bool)
+        if r.kind in ("number", "int") and default is not None:
+            assert isinstance(default, (int, float)) and not isinstance(default, bool)
+            assert (r.lo is None or r.lo <= default) and (r.hi is None or default <= r.hi), (name, r)
+            assert r.step is not None and r.step > 0
+        if r.kind != "other":
+            spec.fn(small_inputs(), 8, **{name: default})  # the registry's check accepts it
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_capabilities_say_what_the_selection_holds(method):
+    spec = pruning.get_method(method)
+    inputs = small_inputs(seed=4)
+    full = pruning.select(method, inputs, 24)
+    assert (full.tokens is not None) == spec.merges == (full.groups is not None)
+    if spec.replayable:  # the walk for a smaller budget is the first picks of a larger one
+        for k in (1, 5, 13):
+            assert pruning.select(method, inputs, k).order.tolist() == full.order[:k].tolist()
+    if spec.tau_schedule is not None:
+        cap = spec.defaults[spec.tau_schedule]
+        assert len(full.info["taus"]) == 24 and max(full.info["taus"]) <= cap + 1e-6
+        assert full.info["removed_at"].shape == (inputs.n_tokens,)
+
+
+def test_capability_arguments_are_checked_at_registration():
+    from pruning.registry import positive, register
+
+    with pytest.raises(TypeError, match="tau_schedule 'cap' .* is not one of its parameters"):
+        register("bad-schedule", tau_schedule="cap")(lambda inputs, budget, *, tau=0.1: None)
+    with pytest.raises(TypeError, match="a default fails its own check"):
+        register("bad-default", checks={"alpha": positive})(lambda inputs, budget, *, alpha=-1.0: None)
+    assert "bad-schedule" not in pruning.list_methods() and "bad-default" not in pruning.list_methods()
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("budget", [64, 65, 1000])
 def test_budget_at_or_above_n_keeps_everything(method, budget):
     inputs = small_inputs()

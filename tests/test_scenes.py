@@ -14,16 +14,15 @@ from scenes.tasks import (
     CAPTION_PROMPT,
     NEGATIVE_TYPES,
     WORD_PROMPT,
-    Mention,
+    ShapeMention,
     caption,
     chair,
-    exact_match,
     make_samples,
     parse_objects,
-    yes_no_accuracy,
 )
-from scenes.vocab import build_processor, build_tokenizer
+from scenes.tokenizer import build_processor, build_tokenizer
 from scenes.vocabulary import IMAGE_SIZE, WORDS
+from scoring import exact_match, yes_no_accuracy
 
 SEEDS = range(12)
 CASES = [(seed, level) for level in COMPLEXITIES for seed in SEEDS]
@@ -174,11 +173,11 @@ def test_caption_parses_back_to_ground_truth(seed, level):
 
 def test_caption_format():
     assert parse_objects("A red circle, an orange square and two green triangles.") == [
-        Mention("red", "circle", 1),
-        Mention("orange", "square", 1),
-        Mention("green", "triangle", 2),
+        ShapeMention("red", "circle", 1),
+        ShapeMention("orange", "square", 1),
+        ShapeMention("green", "triangle", 2),
     ]
-    assert parse_objects("There is a star. The word cat.") == [Mention(None, "star", 1)]
+    assert parse_objects("There is a star. The word cat.") == [ShapeMention(None, "star", 1)]
     assert caption(generate_scene(0, "text")).startswith("The word ")
 
 

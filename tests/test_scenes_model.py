@@ -17,7 +17,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from app.runtime import CALIBRATION_FILE, load_runner
 from benchmarks.agreement import agreement
 from scenes.data import pixel_tensor
-from scenes.evaluate import eval_samples, eval_scenes, evaluate, greedy_answers, summarize
+from scenes.evaluate import MAX_NEW_TOKENS, eval_samples, eval_scenes, evaluate, greedy_answers, summarize
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / "prunelens-tiny-llava"
 
@@ -31,6 +31,11 @@ def loaded():
     processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
     model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
     return processor, model
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return load_runner(str(MODEL_DIR), device="cpu", dtype="float32")
 
 
 def test_weights_are_small_and_llava_shaped(loaded):
@@ -59,39 +64,35 @@ def test_processor_round_trip_matches_training_inputs(loaded):
     assert processor.tokenizer.decode(ids) == words
 
 
-def test_standard_generate_path_gives_the_training_format_answers(loaded):
-    """``processor`` + ``model.generate`` (what the app and any user do) == the evaluator's decoding."""
+def test_standard_generate_path_gives_the_training_format_answers(loaded, runner):
+    """``processor`` + ``model.generate`` (what any user does) == the evaluator's decoding through the runtime."""
     processor, model = loaded
     scene = eval_scenes(6)[5]
     prompts = [s.prompt for s in eval_samples(scene)][:3]
-    with torch.no_grad():
-        states = model.model.vision_tower(pixel_tensor([scene]), output_hidden_states=True).hidden_states
-        expected = greedy_answers(model, processor.tokenizer, states[model.config.vision_feature_layer][0, 1:], prompts)
+    expected = greedy_answers(runner, runner.encode(scene.image), prompts)
     for prompt, want in zip(prompts, expected, strict=True):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         batch = processor(images=scene.image, text=text, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=48, do_sample=False)
+            out = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         got = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         assert got == want, (prompt, got, want)
 
 
-def test_runner_uses_the_shipped_calibration():
-    runner = load_runner(str(MODEL_DIR), device="cpu")
+def test_runner_uses_the_shipped_calibration(runner):
     cal = runner.calibration
     assert cal.source == "file" and Path(cal.path) == MODEL_DIR / CALIBRATION_FILE
     assert cal.n_images is not None and cal.n_images >= 500
     assert 1.0 < cal.erank_p10 < cal.erank_avg < cal.erank_p90 < 576
 
 
-def test_full_token_quality_on_100_held_out_scenes(loaded):
-    processor, model = loaded
+def test_full_token_quality_on_100_held_out_scenes(runner):
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     try:
         scenes = eval_scenes(100)
-        m = summarize(evaluate(model, processor.tokenizer, scenes), scenes)
+        m = summarize(evaluate(runner, scenes), scenes)
     finally:
         torch.set_num_threads(threads)
     # issue 4's targets, all of which the shipped model reaches on 500 scenes (its model card); on

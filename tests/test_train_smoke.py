@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from app.runtime import Runner
 from scenes.data import (
     pack_sequences,
     patch_anchors,
@@ -25,7 +26,7 @@ from scenes.data import (
     visible_scene,
     vision_batch,
 )
-from scenes.evaluate import encode_scene, eval_samples, eval_scenes, greedy_answers
+from scenes.evaluate import eval_samples, eval_scenes, greedy_answers
 from scenes.model import build_model
 from scenes.tasks import (
     Sample,
@@ -36,19 +37,19 @@ from scenes.tasks import (
     parse_objects,
     wrong_colour_question,
 )
+from scenes.tokenizer import build_processor, build_tokenizer
 from scenes.train import (
     SMOKE,
+    AttentionInputs,
     TrainConfig,
-    _anchor_loss,
-    _AttentionInputs,
-    _grounding_loss,
-    _head_attention,
-    _text_loss,
-    _wrong_colour_questions,
+    anchor_loss,
+    grounding_loss,
+    head_attention,
     main,
+    text_loss,
     train,
+    wrong_colour_questions,
 )
-from scenes.vocab import build_processor, build_tokenizer
 from scenes.vocabulary import COUNT_WORDS, SHAPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -173,7 +174,8 @@ def test_greedy_answers_match_generate():
     processor = build_processor(tokenizer)
     scene = eval_scenes(2)[1]
     prompts = [s.prompt for s in eval_samples(scene)][:3]
-    mine = greedy_answers(model, tokenizer, encode_scene(model, scene).feats_pre, prompts, max_new_tokens=6)
+    runner = Runner.from_model(model, processor, name="smoke")
+    mine = greedy_answers(runner, runner.encode(scene.image), prompts, max_new_tokens=6)
     for prompt, answer in zip(prompts, mine, strict=True):
         user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
         text = processor.apply_chat_template([user], add_generation_prompt=True)
@@ -231,9 +233,9 @@ def test_sample_weighted_loss_is_the_mean_of_per_sample_losses():
     batch = pack_sequences(tokenizer, [samples], 8)
     features = torch.randn(8, model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        weighted = _text_loss(model, features, batch, sample_weighting=True)
-        token_mean = _text_loss(model, features, batch)
-        per_sample = [_text_loss(model, features, pack_sequences(tokenizer, [[s]], 8)) for s in samples]
+        weighted = text_loss(model, features, batch, sample_weighting=True)
+        token_mean = text_loss(model, features, batch)
+        per_sample = [text_loss(model, features, pack_sequences(tokenizer, [[s]], 8)) for s in samples]
     assert float(weighted) == pytest.approx(float(sum(per_sample) / 3), rel=1e-4)
     assert float(weighted) != pytest.approx(float(token_mean), rel=1e-3)
 
@@ -337,10 +339,10 @@ def test_count_questions_about_absent_shapes_put_everything_on_bos_with_count_ab
     assert len(plain.ground_index) == len(off.ground_index)
     p = torch.zeros_like(on.ground_share)
     p[:, 0] = 1.0  # every query's head all on <s>: the absent count query is satisfied exactly
-    loss_all_on_bos = _grounding_loss([p], on)
+    loss_all_on_bos = grounding_loss([p], on)
     assert float(loss_all_on_bos) > 0  # the colour query is not
     p[at, 0], p[at, 1] = 0.5, 0.5
-    assert float(_grounding_loss([p], on)) > float(loss_all_on_bos)
+    assert float(grounding_loss([p], on)) > float(loss_all_on_bos)
 
 
 def test_count_units_on_anchors_put_one_share_on_each_anchor_patch():
@@ -373,13 +375,13 @@ def test_anchor_loss_weighs_anchors_and_the_rest_of_the_objects_equally():
     objects, anchor = batch.patch_shape > 0, batch.patch_anchor
     assert anchor.sum() == len(scene.objects) and not (anchor & ~objects).any()
     logits = torch.where(anchor, 5.0, -5.0)
-    assert float(_anchor_loss(logits, batch)) < 0.01  # right everywhere on object patches
+    assert float(anchor_loss(logits, batch)) < 0.01  # right everywhere on object patches
     logits = logits.masked_fill(~objects, 5.0)  # background is not scored
-    assert float(_anchor_loss(logits, batch)) < 0.01
+    assert float(anchor_loss(logits, batch)) < 0.01
     # all anchors missed: half the loss weight is on them, whatever their number
     softplus5 = float(np.log1p(np.exp(5.0)))  # −log sigmoid(−5)
     expected = 0.5 * softplus5 + 0.5 * float(np.log1p(np.exp(-5.0)))
-    assert float(_anchor_loss(torch.full_like(logits, -5.0), batch)) == pytest.approx(expected, rel=1e-4)
+    assert float(anchor_loss(torch.full_like(logits, -5.0), batch)) == pytest.approx(expected, rel=1e-4)
 
 
 def test_count_share_and_anchor_settings_are_checked(tmp_path):
@@ -431,15 +433,15 @@ def test_grounding_loss_is_kl_for_count_queries_and_mass_for_the_rest():
     share, mask = batch.ground_share, batch.ground_mask
     assert share[0].sum() > 0 and share[1].sum() == 0
     exact = torch.stack([share[0], mask[1] / mask[1].sum()])  # both queries fully satisfied
-    assert float(_grounding_loss([exact], batch)) == pytest.approx(0.0, abs=1e-4)
+    assert float(grounding_loss([exact], batch)) == pytest.approx(0.0, abs=1e-4)
     # the colour query only asks for mass on the mask; the count query also for how it is shared
     lopsided = mask.float() * torch.rand(mask.shape, generator=torch.Generator().manual_seed(0))
     lopsided = lopsided / lopsided.sum(-1, keepdim=True)
     kl = float((share[0][share[0] > 0] * (share[0][share[0] > 0] / lopsided[0][share[0] > 0]).log()).sum())
-    assert float(_grounding_loss([lopsided], batch)) == pytest.approx(kl / 2, rel=1e-3, abs=1e-4)
+    assert float(grounding_loss([lopsided], batch)) == pytest.approx(kl / 2, rel=1e-3, abs=1e-4)
     assert kl > 0.05
     # two heads: the mean over heads
-    assert float(_grounding_loss([exact, lopsided], batch)) == pytest.approx(kl / 4, rel=1e-3, abs=1e-4)
+    assert float(grounding_loss([exact, lopsided], batch)) == pytest.approx(kl / 4, rel=1e-3, abs=1e-4)
 
 
 def test_count_queries_can_supervise_a_head_of_their_own():
@@ -448,21 +450,21 @@ def test_count_queries_can_supervise_a_head_of_their_own():
     exact = torch.stack([share[0], mask[1] / mask[1].sum()])
     uniform = torch.full_like(exact, 1.0 / exact.shape[1])
     # the count query reads the count head only, the colour query head 0 only
-    assert float(_grounding_loss([uniform], batch, [exact])) > 0.5
+    assert float(grounding_loss([uniform], batch, [exact])) > 0.5
     mixed = torch.stack([uniform[0], exact[1]])
-    assert float(_grounding_loss([mixed], batch, [exact])) == pytest.approx(0.0, abs=1e-4)
-    assert float(_grounding_loss([mixed], batch)) > 0.5
+    assert float(grounding_loss([mixed], batch, [exact])) == pytest.approx(0.0, abs=1e-4)
+    assert float(grounding_loss([mixed], batch)) > 0.5
     with pytest.raises(ValueError, match="layers"):
-        _grounding_loss([mixed, mixed], batch, [exact])
+        grounding_loss([mixed, mixed], batch, [exact])
 
 
 @pytest.mark.parametrize("count_head", [0, 1])
 def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
     import scenes.train
 
-    grounding = []  # the grounding term _text_loss adds, to differentiate it alone
-    original = scenes.train._grounding_loss
-    monkeypatch.setattr(scenes.train, "_grounding_loss", lambda *a: grounding.append(original(*a)) or grounding[-1])
+    grounding = []  # the grounding term text_loss adds, to differentiate it alone
+    original = scenes.train.grounding_loss
+    monkeypatch.setattr(scenes.train, "grounding_loss", lambda *a: grounding.append(original(*a)) or grounding[-1])
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     cfg = dataclasses.replace(SMOKE.model, text_layers=2)
@@ -473,7 +475,7 @@ def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
     batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
     assert batch.ground_share.sum() > 0
     features = torch.randn(576, cfg.vision_hidden)
-    _text_loss(model, features, batch, ground_weight=1.0, count_head=count_head)
+    text_loss(model, features, batch, ground_weight=1.0, count_head=count_head)
     attn = model.model.language_model.layers[1].self_attn
     (q,) = torch.autograd.grad(grounding[0], attn.q_proj.weight)
     d = model.model.language_model.layers[1].self_attn.head_dim
@@ -485,7 +487,7 @@ def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
 
 def test_extra_wrong_colour_questions_name_a_present_shape_in_a_colour_it_lacks():
     scene = _complex_scene()
-    questions = _wrong_colour_questions(scene, np.random.default_rng(3), 40)
+    questions = wrong_colour_questions(scene, np.random.default_rng(3), 40)
     assert len(questions) == 40
     for q in questions:
         assert (q.task, q.answer, q.kind) == ("exists", "No", "attribute")
@@ -493,9 +495,9 @@ def test_extra_wrong_colour_questions_name_a_present_shape_in_a_colour_it_lacks(
         colours = {o.color for o in scene.objects if o.shape == named.shape}
         assert colours and named.color not in colours
     assert len({q.prompt for q in questions}) > 5  # drawn, not one question repeated
-    assert _wrong_colour_questions(scene, np.random.default_rng(3), 0) == []
+    assert wrong_colour_questions(scene, np.random.default_rng(3), 0) == []
     empty = next(training_scene(s) for s in range(200) if not training_scene(s).objects)
-    assert _wrong_colour_questions(empty, np.random.default_rng(3), 4) == []
+    assert wrong_colour_questions(empty, np.random.default_rng(3), 4) == []
     with pytest.raises(ValueError, match="objects"):
         wrong_colour_question(empty, np.random.default_rng(3))
 
@@ -550,12 +552,12 @@ def test_recomputed_head_attention_equals_eager_attention():
     embeds = model.get_input_embeddings()(batch.input_ids)
     # eager attention is given the packing mask in additive form (0 allowed, most-negative otherwise)
     additive = torch.zeros(batch.attention_mask.shape).masked_fill(~batch.attention_mask, torch.finfo().min)
-    with torch.no_grad(), _AttentionInputs([layer.self_attn for layer in lm.layers]) as taps:
+    with torch.no_grad(), AttentionInputs([layer.self_attn for layer in lm.layers]) as taps:
         out = lm(inputs_embeds=embeds, attention_mask=additive, position_ids=batch.position_ids, output_attentions=True)
     rows, pos = batch.ground_index[:, 0], batch.ground_index[:, 1]
     for i, layer in enumerate(lm.layers):
         for head in range(4):
-            mine = _head_attention(layer.self_attn, *taps.inputs[i], batch, head=head)
+            mine = head_attention(layer.self_attn, *taps.inputs[i], batch, head=head)
             torch.testing.assert_close(mine, out.attentions[i][rows, head, pos], atol=1e-6, rtol=1e-5)
 
 
@@ -574,7 +576,7 @@ def test_grounding_loss_pulls_attention_onto_the_object():
     grounds = []
     for _ in range(25):
         parts: dict[str, float] = {}
-        loss = _text_loss(model, features, batch, ground_weight=1.0, parts=parts)
+        loss = text_loss(model, features, batch, ground_weight=1.0, parts=parts)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -582,5 +584,5 @@ def test_grounding_loss_pulls_attention_onto_the_object():
         grounds.append(parts["ground"])
     assert np.mean(grounds[-3:]) < 0.5 * np.mean(grounds[:3]), grounds
     no_ground: dict[str, float] = {}
-    _text_loss(model, features, batch, parts=no_ground)
+    text_loss(model, features, batch, parts=no_ground)
     assert set(no_ground) == {"text"}

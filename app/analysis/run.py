@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 import pruning
+from scenes.tasks import SCENE_VOCABULARY
+from scoring import COCO_VOCABULARY
 
-from ..objects import COCO_VOCABULARY, SCENE_VOCABULARY
 from ..runtime import GenerationOptions
 from ..runtime.images import load_image
 from .config import AnalysisConfig

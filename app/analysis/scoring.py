@@ -1,32 +1,23 @@
-"""Scoring answers against ground truth: CHAIR and recall for captions, POPE for yes/no questions.
+"""The analysis CLI's rows scored and summarised: CHAIR and recall for captions, POPE for yes/no questions.
 
 Per-answer scores are plain dicts (one row of the results file); the aggregate functions reduce a
-list of such rows. Object mentions come from an ``app.objects.Vocabulary``, so the same code scores
-the built-in scenes (shape categories) and COCO captions (80 categories with synonyms).
+list of such rows. The rules come from the ``scoring`` package, read the analysis CLI's way
+(``PROSE`` word boundaries, ``normalize_words``, per-caption recall averaged); object mentions come
+from a ``scoring.Vocabulary``, so the same code scores the built-in scenes (shape categories) and
+COCO captions (80 categories with synonyms).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..objects import Vocabulary, find_mentions
+from scoring import Vocabulary, chair_rates, gold_label, normalize_words, same_answer, score_caption, yes_no
+from scoring import pope_scores as pope_summary
 
-__all__ = ["aggregate", "chair_scores", "first_word", "pope_scores", "score_answer"]
+__all__ = ["aggregate", "chair_scores", "pope_scores", "score_answer"]
 
-YES_NO = ("yes", "no")
 WRONG_COLOUR_KIND = "attribute"  # scenes.tasks' kind of "Is there a {wrong colour} {shape}?" questions
-
-
-def first_word(text: str) -> str:
-    """The first word, lower case (POPE reads only that): ``"Yes, there is."`` → ``"yes"``."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return words[0] if words else ""
-
-
-def _normalize(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def score_answer(task: str, answer: str, gold: str | None, truth: Iterable[str] | None, vocab: Vocabulary) -> dict:
@@ -42,22 +33,19 @@ def score_answer(task: str, answer: str, gold: str | None, truth: Iterable[str] 
     if task == "caption":
         if truth is None:
             raise ValueError("captions need the ground-truth objects of their image")
-        truth = set(truth)
-        said = sorted({m.category for m in find_mentions(answer, vocab)})
-        wrong = [c for c in said if c not in truth]
+        scored = score_caption(answer, truth, vocab)
         return {
-            "mentioned": said,
-            "hallucinated": wrong,
-            "recall": len(truth & set(said)) / len(truth) if truth else None,
+            "mentioned": list(scored.mentioned),
+            "hallucinated": list(scored.hallucinated),
+            "recall": scored.recall,
             "length": len(answer.split()),
         }
     if gold is None:
         raise ValueError(f"task {task!r} needs a gold answer")
     if task in ("exists", "pope"):
-        pred = first_word(answer)
-        pred = pred if pred in YES_NO else "other"
-        return {"pred": pred, "correct": pred == gold.strip().lower()}
-    return {"correct": _normalize(answer) == _normalize(gold)}
+        pred = yes_no(answer)
+        return {"pred": pred, "correct": pred == gold_label(gold)}
+    return {"correct": same_answer(answer, gold, normalize=normalize_words)}
 
 
 def chair_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
@@ -65,13 +53,12 @@ def chair_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | N
     rows = [r for r in rows if r.get("task") == "caption"]
     if not rows:
         return {"n": 0, "chair_s": None, "chair_i": None, "recall": None, "length": None}
-    mentioned = sum(len(r["mentioned"]) for r in rows)
-    wrong = sum(len(r["hallucinated"]) for r in rows)
+    chair_i, chair_s = chair_rates([len(r["mentioned"]) for r in rows], [len(r["hallucinated"]) for r in rows])
     recalls = [r["recall"] for r in rows if r.get("recall") is not None]
     return {
         "n": len(rows),
-        "chair_s": sum(bool(r["hallucinated"]) for r in rows) / len(rows),
-        "chair_i": wrong / mentioned if mentioned else 0.0,
+        "chair_s": chair_s,
+        "chair_i": chair_i,
         "recall": sum(recalls) / len(recalls) if recalls else None,
         "length": sum(r["length"] for r in rows) / len(rows),
     }
@@ -87,21 +74,7 @@ def pope_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | No
     rows = [r for r in rows if r.get("task") in ("exists", "pope") and r.get("kind") != WRONG_COLOUR_KIND]
     if not rows:
         return {"n": 0, "accuracy": None, "precision": None, "recall": None, "f1": None, "yes_ratio": None}
-    gold = [r["gold"].strip().lower() for r in rows]
-    pred = [r["pred"] for r in rows]
-    tp = sum(p == "yes" and g == "yes" for p, g in zip(pred, gold))
-    fp = sum(p == "yes" and g == "no" for p, g in zip(pred, gold))
-    fn = sum(p != "yes" and g == "yes" for p, g in zip(pred, gold))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return {
-        "n": len(rows),
-        "accuracy": sum(p == g for p, g in zip(pred, gold)) / len(rows),
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "yes_ratio": sum(p == "yes" for p in pred) / len(rows),
-    }
+    return {"n": len(rows), **pope_summary([r["pred"] for r in rows], [r["gold"] for r in rows])}
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def _read_json(path: Path) -> Any:
 
 def coco_items(*, images: str, annotations: str, n_images: int, seed: int, problems: list[Problem]) -> Iterator[Item]:
     """CHAIR's protocol: ``n_images`` images drawn with ``seed`` from a COCO folder, captioned."""
-    from ..objects import COCO_VOCABULARY
+    from scoring import COCO_VOCABULARY
 
     ann_path, folder = Path(annotations), Path(images)
     data = _read_json(ann_path)

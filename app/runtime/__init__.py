@@ -9,30 +9,44 @@
 Encode once, select many times, generate from only the kept tokens: the kept (or merged) visual
 tokens are spliced, in raster order, into ``inputs_embeds`` in place of the prompt's one image
 placeholder, and the model's public ``generate`` does the rest. Nothing in transformers is patched.
-Model-specific knowledge lives in ``app.runtime.adapters``; the rest of the package is model-agnostic.
+
+One job per module: ``records`` (Encoding, Generation, GenerationOptions, errors), ``calibration``,
+``images`` (safe image intake), ``adapters`` (one file per model family, behind a typed
+``Adapter`` protocol), ``generation`` (one batched generate call: splicing, padding, timing,
+cancelling, streaming), ``runner`` (the ``Runner``), ``loading`` (``load_runner``) and
+``synthetic`` (random-weight LLaVAs for tests and benchmarks). The names below are imported on
+first use, so ``app.runtime.images`` alone does not pull in torch's model stack.
 """
 
-from .calibration import CALIBRATION_FILE, Calibration, calibration_home, read_calibration, stored_calibration_path
-from .generation import GenerationStream
-from .images import load_image
-from .loading import load_runner, resolve_device_dtype
-from .records import Encoding, Generation, GenerationOptions, ModelNotAvailableError, OutOfMemoryError
-from .runner import Runner
+from __future__ import annotations
 
-__all__ = [
-    "CALIBRATION_FILE",
-    "Calibration",
-    "Encoding",
-    "Generation",
-    "GenerationOptions",
-    "GenerationStream",
-    "ModelNotAvailableError",
-    "OutOfMemoryError",
-    "Runner",
-    "calibration_home",
-    "load_image",
-    "load_runner",
-    "read_calibration",
-    "resolve_device_dtype",
-    "stored_calibration_path",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "CALIBRATION_FILE": "calibration",
+    "Calibration": "calibration",
+    "calibration_home": "calibration",
+    "read_calibration": "calibration",
+    "stored_calibration_path": "calibration",
+    "GenerationStream": "generation",
+    "load_image": "images",
+    "load_runner": "loading",
+    "resolve_device_dtype": "loading",
+    "Encoding": "records",
+    "Generation": "records",
+    "GenerationOptions": "records",
+    "ModelNotAvailableError": "records",
+    "OutOfMemoryError": "records",
+    "Runner": "runner",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value

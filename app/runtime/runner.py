@@ -338,6 +338,30 @@ class Runner:
                 f"{self.name!r} on {self.device}"
             )
 
+    def prompt_room(self, max_new_tokens: int) -> int:
+        """How many prompt tokens fit beside all N visual tokens and ``max_new_tokens`` new ones."""
+        n_visual = self.adapter.grid[0] * self.adapter.grid[1] + self.adapter.n_prefix_tokens
+        template = self.adapter.prompt_ids("").shape[0] - 1  # the chat template's own tokens
+        return int(self.adapter.context_length) - n_visual - int(max_new_tokens) - template
+
+    def check_prompt(self, prompt: Any, max_new_tokens: int) -> str:
+        """``prompt`` stripped, or a ``ValueError`` when it is empty or does not fit ``prompt_room``.
+
+        Checked up front so that a long prompt is refused with the room it has, not deep inside a
+        generation; ``generate`` checks the exact positions of each row again.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty: type a question about the image")
+        prompt = prompt.strip()
+        n = self.adapter.prompt_ids(prompt).shape[0] - self.adapter.prompt_ids("").shape[0]
+        room = self.prompt_room(max_new_tokens)
+        if n > room:
+            raise ValueError(
+                f"the prompt is {n} tokens; this model has room for {room} beside the image's visual tokens "
+                f"and {max_new_tokens} answer tokens: shorten it"
+            )
+        return prompt
+
     def _prepare_row(
         self,
         encoding: Encoding,

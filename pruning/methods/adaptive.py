@@ -42,7 +42,12 @@ def _row_bits(words: list[int]) -> int:
     return sum((w & 0xFFFFFFFFFFFFFFFF) << (64 * k) for k, w in enumerate(words))
 
 
-@register("adaptive", checks={"step": positive, "tau_max": positive, "erank_avg": positive})
+@register(
+    "adaptive",
+    checks={"step": positive, "tau_max": positive, "erank_avg": positive},
+    replayable=True,
+    tau_schedule="tau_max",
+)
 def select_adaptive(
     inputs: PruneInputs,
     budget: int,

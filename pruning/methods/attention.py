@@ -30,7 +30,7 @@ def selection_from_order(
     )
 
 
-@register("attention")
+@register("attention", replayable=True)
 def select_attention(inputs: PruneInputs, budget: int) -> Selection:
     """FasterVLM: keep the K tokens with the largest [CLS] attention ``a``.
 

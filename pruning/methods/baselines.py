@@ -25,8 +25,6 @@ def select_random(
     """
     info = {"seed": seed if generator is None else None}
     if generator is None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
         generator = torch.Generator().manual_seed(seed)
     elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator, got {generator!r}")

@@ -54,7 +54,7 @@ def maxmin_greedy(dist: torch.Tensor, budget: int, start: torch.Tensor | None = 
     return torch.cat(picks)
 
 
-@register("diversity")
+@register("diversity", replayable=True)
 def select_diversity(inputs: PruneInputs, budget: int) -> Selection:
     """DivPrune: max–min diverse subset under cosine distance of the projected features F.
 

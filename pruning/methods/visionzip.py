@@ -13,7 +13,7 @@ __all__ = ["DOMINANT_SHARE", "select_visionzip"]
 DOMINANT_SHARE = 54 / 64  # methods.md §5: d = 54, c = 10 at K = 64, scaled proportionally
 
 
-@register("visionzip", needs=("keys", "cls_feat"), checks={"dominant": optional_positive_int})
+@register("visionzip", needs=("keys", "cls_feat"), checks={"dominant": optional_positive_int}, merges=True)
 def select_visionzip(inputs: PruneInputs, budget: int, *, dominant: int | None = None) -> Selection:
     """VisionZip: [CLS] + (d − 1) top-attention patches, then c merged contextual tokens.
 

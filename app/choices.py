@@ -1,0 +1,139 @@
+"""What a comparison may be asked: the gallery's examples, the default methods and budget, budget
+presets and sweeps, the methods as the registry describes them, and the checks of a request's
+methods, budget, prompt and ground truth.
+
+The app names no pruning method outside ``DEFAULT_METHODS`` and ``DEFAULT_REPLAY``: what a method
+takes and what the page may do with it (replay its walk, draw its τ schedule) comes from its
+registry entry (``describe_method``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+import pruning
+from scoring import Vocabulary, parse_truth
+
+from .messages import brief
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_REPLAY",
+    "Example",
+    "budget_presets",
+    "check_budget",
+    "check_methods",
+    "check_prompt",
+    "default_budget",
+    "describe_method",
+    "prompt_room",
+    "sweep_budgets",
+    "typed_truth",
+]
+
+DEFAULT_METHODS = ("attention", "diversity", "adaptive")  # what the page and the API compare unless told
+DEFAULT_REPLAY = "adaptive"  # the greedy walk the page's step-through starts on
+PAPER_BUDGETS = (192, 128, 64, 32)  # methods.md: the paper's budgets for 576 tokens
+SWEEP_MIN_BUDGET = 8  # a budget sweep starts here
+
+
+@dataclass(frozen=True)
+class Example:
+    """A gallery image with what is known about it.
+
+    Attributes:
+        name: short label for the gallery.
+        image: the image.
+        truth: ground-truth object categories (exact for built-in scenes), or None if unknown.
+        note: one line shown under the gallery (complexity, licence).
+        prompt: a suggested prompt.
+    """
+
+    name: str
+    image: Image.Image
+    truth: tuple[str, ...] | None = None
+    note: str = ""
+    prompt: str | None = None
+
+
+def budget_presets(n_tokens: int) -> list[int]:
+    """The paper's budgets (192/128/64/32 of 576) scaled to a model with ``n_tokens`` tokens."""
+    return sorted({max(1, round(b * n_tokens / 576)) for b in PAPER_BUDGETS}, reverse=True)
+
+
+def default_budget(n_tokens: int) -> int:
+    """The budget the page and the API start from: the paper's 64 of 576, i.e. the third preset."""
+    presets = budget_presets(n_tokens)
+    return presets[2] if len(presets) > 2 else presets[-1]
+
+
+def sweep_budgets(n_tokens: int, points: int) -> list[int]:
+    """About ``points`` budgets spaced geometrically from 8 tokens to all of them (every one below 8)."""
+    if n_tokens <= SWEEP_MIN_BUDGET:
+        return list(range(1, n_tokens + 1))
+    ratio = n_tokens / SWEEP_MIN_BUDGET
+    return sorted({min(n_tokens, max(1, round(SWEEP_MIN_BUDGET * ratio ** (i / (points - 1))))) for i in range(points)})
+
+
+def describe_method(method: str) -> dict[str, Any]:
+    """A registry entry as plain values: its summary, the inputs it needs, its capabilities
+    (``replayable``, ``merges``, ``tau_schedule``) and each parameter's ``ranges``."""
+    spec = pruning.get_method(method)
+    return {
+        "summary": spec.summary,
+        "needs": list(spec.needs),
+        "replayable": spec.replayable,
+        "merges": spec.merges,
+        "tau_schedule": spec.tau_schedule,
+        "ranges": {name: dataclasses.asdict(r) for name, r in spec.ranges.items()},
+    }
+
+
+def check_methods(methods: Any) -> list[str]:
+    """``methods`` as a list, or a ``ValueError``: a comparison needs a non-empty list of registered
+    names, each once (the registry words an unknown name, listing the known ones)."""
+    if isinstance(methods, str) or not isinstance(methods, Sequence):
+        raise ValueError(f"methods must be a list of method names, got {brief(methods)}")
+    if not methods:
+        raise ValueError("pick at least one pruning method")
+    for m in methods:
+        pruning.get_method(m)
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"each method may be chosen once, got {brief(list(methods), 80)}")
+    return list(methods)
+
+
+def check_budget(budget: Any, n_tokens: int) -> int:
+    """``budget``, or a ``ValueError`` unless it is a whole number from 1 to the model's N.
+
+    The registry keeps every token for a budget above N; a comparison refuses it instead, saying
+    the range, since asking for more tokens than the model has is a mistake.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= n_tokens:
+        raise ValueError(
+            f"budget must be a whole number from 1 to {n_tokens}, got {brief(budget)} "
+            f"(this model has {n_tokens} visual tokens)"
+        )
+    return budget
+
+
+def typed_truth(truth_text: str | None, vocabulary: Vocabulary) -> tuple[str, ...] | None:
+    """The ground truth a user typed, as sorted categories; None when the text names no object
+    (None, blank or only commas). Unknown names are the vocabulary's ``ValueError``."""
+    typed = parse_truth(truth_text, vocabulary) if truth_text is not None else None
+    return tuple(sorted(typed)) if typed else None
+
+
+def prompt_room(runner: Any, max_new_tokens: int) -> int:
+    """How many prompt tokens fit beside ``runner``'s visual tokens (``Runner.prompt_room``)."""
+    return runner.prompt_room(max_new_tokens)
+
+
+def check_prompt(prompt: Any, runner: Any, max_new_tokens: int) -> str:
+    """``prompt`` stripped, checked by the runtime against the model's room (``Runner.check_prompt``)."""
+    return runner.check_prompt(prompt, max_new_tokens)

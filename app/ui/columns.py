@@ -1,0 +1,103 @@
+"""Side by side: the full model's column and one column per method, each with its overlay, numbers
+and answer, and the summary line under them.
+
+``Columns`` also says what its events write: ``cleared`` (every answer emptied, with a reason) and
+``answers`` (the answer fields filled), as ``{component: value}`` dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+__all__ = ["Column", "Columns", "build_columns"]
+
+HIGHLIGHT_COLOURS = {"correct": "#2ca02c", "hallucinated": "#d62728", "not in full answer": "#ff7f0e"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: the full model's (``column`` and ``stats`` None) or a method's (shown when chosen)."""
+
+    name: str
+    overlay: gr.Image
+    speed: gr.Markdown
+    answer: gr.HighlightedText
+    missed: gr.Markdown
+    column: gr.Column | None = None
+    stats: gr.Markdown | None = None
+
+
+@dataclass(frozen=True)
+class Columns:
+    full: Column
+    methods: tuple[Column, ...]
+    summary: gr.Markdown
+
+    @property
+    def answer_outputs(self) -> list[Any]:
+        """Every component an answer writes."""
+        return [
+            self.full.answer,
+            self.full.speed,
+            self.full.missed,
+            self.summary,
+            *(c for col in self.methods for c in (col.answer, col.speed, col.missed)),
+        ]
+
+    @property
+    def view_outputs(self) -> list[Any]:
+        """Every component a view writes: each method's column (shown or not), overlay and numbers."""
+        return [c for col in self.methods for c in (col.column, col.overlay, col.stats)]
+
+    def cleared(self, summary: str) -> dict[Any, Any]:
+        """Every answer field emptied, with ``summary`` saying why."""
+        out = {self.summary: summary}
+        for col in (self.full, *self.methods):
+            out |= {col.answer: None, col.speed: "", col.missed: ""}
+        return out
+
+    def answers(self, full: Mapping[str, Any], cards: Mapping[str, Mapping[str, Any]], summary: str) -> dict[Any, Any]:
+        """The full model's answer card, each chosen method's (by name; the others emptied) and the summary."""
+        out = {self.full.answer: full["segments"], self.full.speed: full["speed"], self.full.missed: full["missed"]}
+        out[self.summary] = summary
+        for col in self.methods:
+            card = cards.get(col.name)
+            out[col.answer] = card["segments"] if card else None
+            out[col.speed] = card["speed"] if card else ""
+            out[col.missed] = card["missed"] if card else ""
+        return out
+
+
+def _full_column() -> Column:
+    with gr.Column(min_width=220, elem_id="col-full"):
+        gr.Markdown("### full model")
+        overlay = gr.Image(label="all tokens", interactive=False, height=260, elem_id="overlay-full")
+        speed = gr.Markdown()
+        answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id="answer-full")
+        missed = gr.Markdown()
+    return Column("full", overlay, speed, answer, missed)
+
+
+def _method_column(method: str, shown: bool) -> Column:
+    with gr.Column(min_width=220, visible=shown, elem_id=f"col-{method}") as column:
+        gr.Markdown(f"### {method}")
+        overlay = gr.Image(label=f"{method} overlay", interactive=False, height=260, elem_id=f"overlay-{method}")
+        stats = gr.Markdown(elem_id=f"stats-{method}")
+        speed = gr.Markdown(elem_id=f"speed-{method}")
+        answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id=f"answer-{method}")
+        missed = gr.Markdown()
+    return Column(method, overlay, speed, answer, missed, column=column, stats=stats)
+
+
+def build_columns(info: dict[str, Any]) -> Columns:
+    """A column for the full model and one per registered method (the default methods' shown)."""
+    gr.Markdown("## Side by side")
+    with gr.Row(equal_height=False):
+        full = _full_column()
+        methods = tuple(_method_column(m, m in info["default_methods"]) for m in info["methods"])
+    summary = gr.Markdown(elem_id="answer-summary")
+    return Columns(full, methods, summary)

@@ -14,7 +14,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,19 +381,21 @@ class ComparePipeline:
         measure_prefill: bool = True,
         session: str = DEFAULT_SESSION,
         cancel: threading.Event | None = None,
+        progress: Callable[[str, str], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Answers of the full model and of each method, with mentions marked and speed measured.
 
-        All answers come from one batched ``generate_many`` call. Prefill time is then measured per
-        row with a one-token generation of that row alone, so the speed-up compares like with like.
+        All answers come from one ``generate_many`` call. Prefill time is then measured per row
+        with a one-token generation of that row alone, so the speed-up compares like with like.
         Ground truth typed in ``truth_text`` replaces a built-in scene's own; text that names no
         object (blank, or only commas) leaves it. Setting ``cancel`` stops the work at the next
-        token and raises ``AnswerCancelled``.
+        token and raises ``AnswerCancelled``. ``progress(name, text)`` ("full" or a method) gets
+        every answer as it grows, from the generating thread.
         """
         entry, methods, budget = self._request(key, methods, budget, session)
         prompt = self.check_prompt(prompt)
         typed = typed_truth(truth_text, self.vocabulary)
-        return self._answer(entry, prompt, methods, budget, params, typed, measure_prefill, cancel)
+        return self._answer(entry, prompt, methods, budget, params, typed, measure_prefill, cancel, progress)
 
     def _answer(
         self,
@@ -405,6 +407,7 @@ class ComparePipeline:
         typed_truth: tuple[str, ...] | None,
         measure_prefill: bool,
         cancel: threading.Event | None,
+        progress: Callable[[str, str], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         truth = typed_truth if typed_truth is not None else entry.truth
         selections = self._select(entry, methods, budget, params)
@@ -415,8 +418,14 @@ class ComparePipeline:
             return cancel is not None and cancel.is_set()
 
         start = time.perf_counter()
+        report = None if progress is None else (lambda i, text: progress(names[i], text))
         gens = self.runner.generate_many(
-            entry.encoding, prompt, rows, GenerationOptions(max_new_tokens=self.max_new_tokens), cancel=cancel
+            entry.encoding,
+            prompt,
+            rows,
+            GenerationOptions(max_new_tokens=self.max_new_tokens),
+            cancel=cancel,
+            progress=report,
         )
         batch_ms = (time.perf_counter() - start) * 1e3
         prefill = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,8 +345,11 @@ class Handlers:
         *,
         image: Any = None,
         session: str = DEFAULT_SESSION,
+        progress: Callable[[str, str], None] | None = None,
     ):
         """Answers of the full model and each method, for the image the page shows.
+
+        ``progress(name, text)`` gets every answer as it grows (``ComparePipeline.answer``).
 
         ``image`` is the page's image value when the event carries it: the answer is then computed
         for that image whatever ``key`` says (a Compare click can arrive while a new image is still
@@ -375,7 +378,15 @@ class Handlers:
         current = False
         try:
             out = self.pipeline.answer(
-                key, prompt, methods, budget, params, truth_text=truth_text, session=session, cancel=cancel
+                key,
+                prompt,
+                methods,
+                budget,
+                params,
+                truth_text=truth_text,
+                session=session,
+                cancel=cancel,
+                progress=progress,
             )
         finally:
             current = store.finish_answer(session, settings, cancel)

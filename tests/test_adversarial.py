@@ -9,10 +9,12 @@ a wrong or stale result, before the reliability work: each test says what used t
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import socket
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,12 +63,18 @@ def page(runner, example_image):
     return pipeline, Handlers(pipeline), build_demo(pipeline)
 
 
-def event(demo: gr.Blocks, name: str):
-    """The function the page wires under ``name`` (all events of one name share one function)."""
-    for fn in demo.fns.values():
-        if fn.name == name:
-            return fn.fn
-    raise KeyError(name)
+def event(demo: gr.Blocks, name: str, *, stream: bool = False):
+    """The function the page wires under ``name`` (all events of one name share one function).
+
+    A streaming event (a generator) is run to its end: its last output, or with ``stream`` all of them.
+    """
+    found = [fn.fn for fn in demo.fns.values() if fn.name == name]
+    if not found:
+        raise KeyError(name)
+    run = found[0]
+    if not inspect.isgeneratorfunction(run):
+        return run
+    return (lambda *a: list(run(*a))) if stream else (lambda *a: list(run(*a))[-1])
 
 
 def request(session: str) -> SimpleNamespace:
@@ -499,3 +507,32 @@ def test_body_limit_cuts_off_undeclared_streams():
     assert seen == ["http.request", "http.disconnect"]
     with pytest.raises(ValueError, match="positive int"):
         BodyLimit(app, max_bytes=0)
+
+
+def test_answers_stream_into_the_page_as_they_are_written(page, tmp_path, example_image):
+    pipeline, h, demo = page
+    pipeline.max_new_tokens = 12
+    on_answer = event(demo, "on_answer", stream=True)
+    img = upload(tmp_path, example_image, "a")
+    key = stored_key(event(demo, "on_load")(request("s"), img))
+    real = pipeline.runner.generate_many
+
+    def slowly(*args, progress=None, **kwargs):  # the real generation, each token shown 30 ms later
+        def shown_later(i, text):
+            time.sleep(0.03)
+            progress(i, text)
+
+        return real(*args, progress=shown_later if progress else None, **kwargs)
+
+    pipeline.runner.generate_many = slowly
+    try:
+        outs = on_answer(request("s"), img, key, "describe this image", ["attention"], 4, "", *defaults(h))
+    finally:
+        pipeline.runner.generate_many = real
+    partial = [o for o in outs if shown(demo, o, "answer-summary") == "*Answering…*"]
+    final = "".join(text for text, _ in shown(demo, outs[-1], "answer-full"))
+    assert partial and "Answers for" in shown(demo, outs[-1], "answer-summary")
+    for o in partial:
+        value = shown(demo, o, "answer-full")
+        if value != gr.skip():
+            assert final.startswith(value[0][0])

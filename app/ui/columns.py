@@ -60,6 +60,14 @@ class Columns:
             out |= {col.answer: None, col.speed: "", col.missed: ""}
         return out
 
+    def partial(self, so_far: Mapping[str, str]) -> dict[Any, Any]:
+        """Answers still being written (``"full"`` or a method name -> text so far), unmarked."""
+        out = {self.summary: "*Answering…*"}
+        for col in (self.full, *self.methods):
+            if col.name in so_far:
+                out[col.answer] = [(so_far[col.name], None)]
+        return out
+
     def answers(self, full: Mapping[str, Any], cards: Mapping[str, Mapping[str, Any]], summary: str) -> dict[Any, Any]:
         """The full model's answer card, each chosen method's (by name; the others emptied) and the summary."""
         out = {self.full.answer: full["segments"], self.full.speed: full["speed"], self.full.missed: full["missed"]}

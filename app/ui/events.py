@@ -2,10 +2,15 @@
 again; Compare answers and Stop stops; closing the tab frees the session.
 
 Each event function returns ``{component: value}``; a component it leaves out keeps its value.
+Answers stream: the answer event is a generator that shows every answer as it is written (a
+worker thread generates; the event yields what it has at most every ``STREAM_INTERVAL_S``), then
+the marked answers; when the page goes away mid-answer the generation is stopped.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -22,6 +27,7 @@ __all__ = ["wire_answer", "wire_unload", "wire_view"]
 
 STALE = "*Answers cleared: the image, budget, methods or parameters changed. Press **Compare answers** for new ones.*"
 STOPPED = "*Stopped: Stop was pressed, the settings changed or a newer request came.*"
+STREAM_INTERVAL_S = 0.1  # the page gets the answers so far at most this often
 
 
 def wire_view(
@@ -101,20 +107,57 @@ def wire_view(
 def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) -> None:
     """Compare: the answers are cleared at once, then computed (one at a time on the model); Stop cancels."""
 
-    def on_answer(request: gr.Request, img, k, text, chosen_methods, k_budget, truth_text, *pvals):
+    def on_answer(
+        request: gr.Request, img, k, text, chosen_methods, k_budget, truth_text, *pvals
+    ) -> Iterator[dict[Any, Any]]:
         session = session_of(request)
+        image = image_value(img)
+        so_far: dict[str, str] = {}
+        lock, changed, result = threading.Lock(), threading.Event(), {}
+
+        def progress(name: str, answer: str) -> None:
+            with lock:
+                so_far[name] = answer
+            changed.set()
+
+        def work() -> None:
+            try:
+                result["value"] = h.answer(
+                    k, text, chosen_methods, k_budget, list(pvals), truth_text, image=image, session=session,
+                    progress=progress,
+                )  # fmt: skip
+            except BaseException as err:  # re-raised in the event's own thread below
+                result["error"] = err
+            finally:
+                changed.set()
+
+        worker = threading.Thread(target=work, name="prunelens-answer", daemon=True)
+        worker.start()
         try:
-            full, cards, summary, rec = h.answer(
-                k, text, chosen_methods, k_budget, list(pvals), truth_text, image=image_value(img), session=session
-            )
-        except AnswerCancelled:
-            return columns.cleared(STOPPED)
+            while worker.is_alive():
+                changed.wait(1.0)
+                changed.clear()
+                with lock:
+                    snapshot = dict(so_far)
+                if snapshot and worker.is_alive():
+                    yield columns.partial(snapshot)
+                worker.join(STREAM_INTERVAL_S)
+        finally:
+            if worker.is_alive():  # the page went away (Stop, a closed tab): stop the generation
+                h.stop(session)
+        if "error" in result:
+            if isinstance(result["error"], AnswerCancelled):
+                yield columns.cleared(STOPPED)
+                return
+            raise result["error"]
+        full, cards, summary, rec = result["value"]
         if not rec["current"]:
-            return columns.cleared(
+            yield columns.cleared(
                 f"*The settings changed while answering (these answers were for {rec['budget']} tokens); "
                 "they were discarded. Press **Compare answers** again.*"
             )
-        return columns.answers(full, dict(zip(h.methods(chosen_methods), cards)), summary)
+            return
+        yield columns.answers(full, dict(zip(h.methods(chosen_methods), cards)), summary)
 
     def on_stop(request: gr.Request):
         h.stop(session_of(request))

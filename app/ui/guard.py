@@ -4,6 +4,7 @@ session, image payloads arrive undecoded, and model work runs under ZeroGPU when
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,20 +29,37 @@ def gpu(fn: Callable) -> Callable:
     return spaces.GPU(fn)
 
 
+def _as_page_error(fn: Callable, err: Exception) -> gr.Error:
+    if isinstance(err, gr.Error):
+        return gr.Error(message(err.message if hasattr(err, "message") else err), print_exception=False)
+    if isinstance(err, (ValueError, MemoryError, RuntimeError)):
+        return gr.Error(message(err), print_exception=False)
+    log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"), exc_info=err)
+    return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running.")
+
+
 def guard(fn: Callable) -> Callable:
-    """Bad input becomes an on-page error message; anything else is logged, never shown raw."""
+    """Bad input becomes an on-page error message; anything else is logged, never shown raw.
+
+    A generator function stays one (gradio streams it), its errors guarded while it runs.
+    """
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def streamed(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise _as_page_error(fn, err) from None
+
+        return streamed
 
     @functools.wraps(fn)  # keeps the name and signature: gradio reads it to pass ``gr.Request``
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error as err:
-            raise gr.Error(message(err.message if hasattr(err, "message") else err), print_exception=False) from None
-        except (ValueError, MemoryError, RuntimeError) as err:
-            raise gr.Error(message(err), print_exception=False) from None
         except Exception as err:
-            log.exception("unexpected error in %s", getattr(fn, "__name__", "handler"))
-            raise gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running.") from None
+            raise _as_page_error(fn, err) from None
 
     return wrapped
 

@@ -87,8 +87,12 @@ def find_mentions(text: str, vocabulary: Vocabulary, *, rule: WordRule = PROSE) 
     searched = text if rule.ignore_case else text.lower()
     out = []
     for m in pattern.finditer(searched):
-        key = " ".join(m.group(0).lower().split())
-        out.append(Mention(m.start(), m.end(), m.group(0), vocabulary.forms[key]))
+        words = m.group(0).split()
+        # Case-insensitive matching also accepts Unicode case variants ("ſtar", the Kelvin sign K)
+        # whose lower case is not the form; their case fold is.
+        category = vocabulary.forms.get(" ".join(words).lower()) or vocabulary.forms.get(" ".join(words).casefold())
+        if category is not None:
+            out.append(Mention(m.start(), m.end(), m.group(0), category))
     return out
 
 

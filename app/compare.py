@@ -419,14 +419,8 @@ class ComparePipeline:
 
         start = time.perf_counter()
         report = None if progress is None else (lambda i, text: progress(names[i], text))
-        gens = self.runner.generate_many(
-            entry.encoding,
-            prompt,
-            rows,
-            GenerationOptions(max_new_tokens=self.max_new_tokens),
-            cancel=cancel,
-            progress=report,
-        )
+        options = GenerationOptions(max_new_tokens=self.max_new_tokens)
+        gens = self.runner.generate_many(entry.encoding, prompt, rows, options, cancel=cancel, progress=report)
         batch_ms = (time.perf_counter() - start) * 1e3
         prefill = {}
         if measure_prefill:

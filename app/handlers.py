@@ -18,14 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from visualizers import (
     attention_heatmap,
     budget_sweep_figure,
     complexity_figure,
     method_bars,
+    overlay_sheet,
     tau_schedule_figure,
 )
 
@@ -476,33 +474,7 @@ class Handlers:
         Overlays may be PIL images or (H, W, 3) uint8 arrays of at most ``MAX_EXPORT_SIDE`` pixels a
         side; the file goes to the session's export folder like ``export_json``'s.
         """
-        from PIL import ImageDraw
-
-        tiles = []
-        for name, img in images:
-            if img is None:
-                continue
-            if isinstance(img, np.ndarray):
-                if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
-                    raise ValueError(
-                        f"overlay {brief(name)} must be an (H, W, 3) uint8 array, got {img.dtype} {img.shape}"
-                    )
-                img = Image.fromarray(img)
-            if not isinstance(img, Image.Image):
-                raise ValueError(f"overlay {brief(name)} must be an image, got {type(img).__name__}")
-            if max(img.size) > MAX_EXPORT_SIDE or min(img.size) < 1:
-                raise ValueError(
-                    f"overlay {brief(name)} is {img.size[0]} x {img.size[1]} pixels; the limit is {MAX_EXPORT_SIDE}"
-                )
-            tiles.append((str(name)[:40], img))
-        if not tiles:
-            raise ValueError("nothing to export yet: run a comparison first")
-        w, h = tiles[0][1].size
-        sheet = Image.new("RGB", (w * len(tiles), h + 28), "white")
-        draw = ImageDraw.Draw(sheet)
-        for i, (name, img) in enumerate(tiles):
-            sheet.paste(img.convert("RGB").resize((w, h)), (i * w, 28))
-            draw.text((i * w + 6, 8), name, fill="black")
+        sheet = overlay_sheet([(str(name), img) for name, img in images if img is not None], MAX_EXPORT_SIDE)
         path = self.pipeline.store.export_dir(session) / "prunelens-overlays.png"
         sheet.save(path, format="PNG")
         return str(path)

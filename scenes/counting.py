@@ -1,6 +1,6 @@
 """Counting diagnostics for the embedded model: ``python -m scenes.counting``.
 
-Counting was the hardest of issue 4's targets for the embedded model, and these are the
+Counting was the hardest of the embedded model's quality targets (its model card), and these are the
 measurements behind each attempt at it (``scenes.train.TrainConfig``'s ``anchor_weight``,
 ``count_share``, ``count_head`` and ``count_absent``):
 

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 COUNT_LIMIT = 6
-"""Counting accuracy is reported on scenes with at most this many objects (issue 4)."""
+"""Counting accuracy is reported on scenes with at most this many objects (the model card's target)."""
 MAX_NEW_TOKENS = 48
 """Most new tokens decoded per answer."""
 
@@ -132,7 +132,7 @@ def evaluate(
 
 
 def summarize(answers: Sequence[Answer], scenes: Sequence[Scene]) -> dict[str, float]:
-    """The issue's metrics from a list of answers (NaN where a subset is empty)."""
+    """The model card's metrics from a list of answers (NaN where a subset is empty)."""
     by_task: dict[str, list[Answer]] = defaultdict(list)
     for a in answers:
         by_task[a.task].append(a)

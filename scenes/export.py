@@ -1,7 +1,7 @@
 """Write scenes to a folder as PNG files plus their ground truth: ``python -m scenes.export OUT``.
 
 Used to calibrate the tiny model for image-aware pruning (``python -m app.calibrate MODEL OUT`` over
-at least 500 *training* scenes, issue 4) and to give the app example images. ``--split eval`` writes
+at least 500 *training* scenes) and to give the app example images. ``--split eval`` writes
 held-out scenes instead. ``truth.json`` maps each file name to its scene's complexity, objects and
 word.
 """

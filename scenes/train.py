@@ -100,7 +100,7 @@ class TrainConfig:
         vision_steps, vision_batch, vision_lr: stage 1 schedule.
         text_steps, text_batch, text_lr: stage 2 schedule. With 2400 text steps the full recipe run
             from scratch counted 0.788 on scenes with at most 6 objects; with 3000 (5772 s in all on
-            the 2-core CPU) 0.812, and every other target of issue 4 was met (the model card).
+            the 2-core CPU) 0.812, and every other quality target was met (the model card).
         max_samples: task segments packed per image in stage 2 (caption always included). Packing
             is cheap next to the 576 image tokens, so the default packs every sample of a scene.
         sample_weighting: weigh every sample equally in the stage-2 loss (a caption's tokens share
@@ -158,7 +158,7 @@ class TrainConfig:
             samples (``wrong_colour_questions()``). Stage 2 with ``count_share="anchors",
             count_head=1, count_absent=True, wrong_colour_questions=2`` on the tower of
             ``anchor_weight=1.0, anchor_rule="first"`` (3609 s; ``--vision-from``) met every target
-            of issue 4 on 500 held-out scenes: counting ≤ 6 objects 0.807 (two objects 39/75 right,
+            of the model card on 500 held-out scenes: counting ≤ 6 objects 0.807 (two objects 39/75 right,
             three 9/29), wrong-colour "No" 0.835 (0.637 without count shares), existence 0.992, recall 0.917,
             CHAIR_i 0.020, CHAIR_s 0.038, colour 0.997, word 0.936. The same settings from scratch
             gave 0.788 at 2400 text steps and 0.812 at 3000 (``text_steps``).

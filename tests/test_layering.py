@@ -124,3 +124,14 @@ def test_the_import_graph_has_no_cycle():
         if v not in index:
             visit(v)
     assert cycles == []
+
+
+def test_no_app_module_is_over_500_lines():
+    long = {
+        name: n
+        for name, path in modules().items()
+        if name.startswith("app")
+        for n in [len(path.read_text().splitlines())]
+        if n > 500
+    }
+    assert long == {}

@@ -2,7 +2,7 @@
 
 Skipped if the weights are missing from ``assets/models/prunelens-tiny-llava``. The quality test runs
 full 576 tokens, greedy decoding, held-out seeds balanced across complexity, on a fixed sample of
-100 scenes so that it fits in CI time; where the shipped model meets issue 4's thresholds they are
+100 scenes so that it fits in CI time; where the shipped model meets the model card's thresholds they are
 asserted, elsewhere a floor just under its measured value.
 """
 
@@ -95,7 +95,7 @@ def test_full_token_quality_on_100_held_out_scenes(runner):
         m = summarize(evaluate(runner, scenes), scenes)
     finally:
         torch.set_num_threads(threads)
-    # issue 4's targets, all of which the shipped model reaches on 500 scenes (its model card); on
+    # the model card's targets, all of which the shipped model reaches on 500 scenes (its model card); on
     # this sample it measures existence 0.998, recall 0.956, CHAIR_i 0.039, CHAIR_s 0.080, colour
     # 1.000, counting (at most 6 objects) 0.853 and word 0.960
     assert m["existence_acc"] >= 0.95, m

@@ -4,7 +4,7 @@ Every function takes plain values (PIL images, tensors or lists, dicts of number
 artefact; colours are fixed per method and per group so the same input always draws the same way.
 """
 
-from .overlay import overlay_selection, patch_boxes
+from .overlay import overlay_selection, overlay_sheet, patch_boxes
 from .palette import group_colour, method_colour
 from .plots import (
     attention_heatmap,
@@ -22,6 +22,7 @@ __all__ = [
     "method_bars",
     "method_colour",
     "overlay_selection",
+    "overlay_sheet",
     "patch_boxes",
     "tau_schedule_figure",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -123,3 +124,35 @@ def overlay_selection(
         x0, y0, x1, y1 = boxes[i]
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=group_colour(groups[i]), width=2)
     return out
+
+
+def overlay_sheet(tiles: list[tuple[str, Any]], max_side: int = 1024) -> Image.Image:
+    """One slide-ready picture: the overlays side by side, each under its name.
+
+    Args:
+        tiles: (name, image) pairs; an image is a PIL image or an (H, W, 3|4) uint8 array of at most
+            ``max_side`` pixels a side. Every tile is drawn at the first one's size.
+    Raises:
+        ValueError: no tiles, or a tile that is not such an image (named, its size or type quoted).
+    """
+    images = []
+    for name, img in tiles:
+        label = name if len(name) <= 40 else name[:39] + "…"
+        if isinstance(img, np.ndarray):
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
+                raise ValueError(f"overlay {label!r} must be an (H, W, 3) uint8 array, got {img.dtype} {img.shape}")
+            img = Image.fromarray(img)
+        if not isinstance(img, Image.Image):
+            raise ValueError(f"overlay {label!r} must be an image, got {type(img).__name__}")
+        if max(img.size) > max_side or min(img.size) < 1:
+            raise ValueError(f"overlay {label!r} is {img.size[0]} x {img.size[1]} pixels; the limit is {max_side}")
+        images.append((label, img))
+    if not images:
+        raise ValueError("nothing to export yet: run a comparison first")
+    w, h = images[0][1].size
+    sheet = Image.new("RGB", (w * len(images), h + 28), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, img) in enumerate(images):
+        sheet.paste(img.convert("RGB").resize((w, h)), (i * w, 28))
+        draw.text((i * w + 6, 8), label, fill="black")
+    return sheet

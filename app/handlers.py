@@ -392,7 +392,7 @@ class Handlers:
         first = next(iter(out.values()))
         label = self._image_label(key, session)
         summary = (
-            f"Answers for **{label}** at **{budget}** tokens: {len(out)} rows in one batch, "
+            f"Answers for **{label}** at **{budget}** tokens: {len(out)} answers generated together in "
             f"{first['batch_ms']:.0f} ms. Basis for marks: {first['basis']}."
         )
         record = {

@@ -73,7 +73,7 @@ def test_load_view_answer_round_trip(handlers):
     full, method_cards, summary, answers = handlers.answer(
         key, "describe this image", ["attention", "adaptive"], 4, defaults(handlers), "cat"
     )
-    assert len(method_cards) == 2 and "one batch" in summary
+    assert len(method_cards) == 2 and "3 answers generated together" in summary
     assert "".join(t for t, _ in full["segments"]) == full["text"]
     path = handlers.export_json({**record, **answers})
     data = json.loads(open(path).read())

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         f"{max(times):.0f} | < 300 ms |"
     )
     print(
-        f"| full comparison: load + view + {len(METHODS)} methods + full answer (one batch, <= "
+        f"| full comparison: load + view + {len(METHODS)} methods + full answer (one generate_many, <= "
         f"{args.max_new_tokens} tokens; longest {longest}) | {statistics.median(totals):.0f} | {max(totals):.0f} | "
         "< 5000 ms |"
     )

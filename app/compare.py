@@ -96,8 +96,10 @@ class ComparePipeline:
         max_new_tokens: int = 48,
         memory_bytes: int = DEFAULT_MAX_BYTES,
         store: SessionStore | None = None,
+        upload_note: str | None = None,
     ) -> None:
         self.runner = runner
+        self.upload_note = upload_note  # said of every image that is not a gallery example
         self.vocabulary = vocabulary
         self.examples = list(examples)
         self.max_new_tokens = max_new_tokens
@@ -191,6 +193,7 @@ class ComparePipeline:
             "encode_ms": encoding.encode_ms,
             "truth": list(example.truth) if example and example.truth is not None else None,
             "example": example.name if example else None,
+            "note": None if example else self.upload_note,
         }
 
     def _load(self, image: Any, session: str) -> tuple[str, _Entry]:

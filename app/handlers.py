@@ -216,6 +216,8 @@ class Handlers:
         )
         if summary["truth"] is not None:
             md += f"\n\nGround truth (built-in scene): {', '.join(summary['truth']) or 'no objects'}."
+        if summary.get("note"):
+            md += f"\n\n**Note:** {summary['note']}"
         if cal["source"] != "file":
             words = CALIBRATION_WORDS.get(cal["source"], f"Calibration: {cal['source']}.")
             md += f"\n\n*{words}*"

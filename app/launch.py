@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDED_MODEL",
     "create_demo",
+    "gallery",
     "launch",
     "main",
     "parse_args",
@@ -37,7 +38,12 @@ EMBEDDED_MODEL = ROOT / "assets" / "models" / "prunelens-tiny-llava"
 MAX_UPLOAD = "20mb"
 SCENE_EXAMPLES = (("text", 3), ("simple", 11), ("medium", 5), ("complex", 7), ("complex", 19))
 # Real photos that ship inside the gradio package we depend on (gradio.media; Apache-2.0 package).
-PHOTO_EXAMPLES = ("cheetah.jpg", "lion.jpg", "cheetah1.jpg", "tower.jpg")
+PHOTO_EXAMPLES = ("cheetah.jpg", "lion.jpg", "cheetah1.jpg", "tower.jpg")  # offered with real checkpoints only
+EMBEDDED_UPLOAD_NOTE = (
+    "the embedded model was trained only on PruneLens's built-in scenes. On this image its overlays and "
+    "metrics are real, but its answers mean nothing: load a real checkpoint (`python app.py --model ...`) "
+    "to ask about photos."
+)
 
 
 def scene_examples() -> list[Example]:
@@ -74,6 +80,11 @@ def photo_examples() -> list[Example]:
     return out
 
 
+def gallery(embedded: bool) -> list[Example]:
+    """The page's examples: built-in scenes, and real photos only for a model that knows photos."""
+    return scene_examples() if embedded else scene_examples() + photo_examples()
+
+
 def _is_embedded(model: str) -> bool:
     path = Path(model)
     return path.exists() and path.resolve() == EMBEDDED_MODEL.resolve()
@@ -99,8 +110,9 @@ def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_
     pipeline = ComparePipeline(
         runner,
         vocabulary=SCENE_VOCABULARY if embedded else COCO_VOCABULARY,
-        examples=scene_examples() + photo_examples(),
+        examples=gallery(embedded),
         max_new_tokens=max_new_tokens,
+        upload_note=EMBEDDED_UPLOAD_NOTE if embedded else None,
     )
     return build_demo(pipeline)
 

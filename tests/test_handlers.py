@@ -196,3 +196,29 @@ def test_the_page_code_names_no_model_library_and_no_method():
         strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         strings -= {"attention"}  # also a colouring mode ("colour kept patches by attention")
         assert not strings & set(pruning.list_methods()), (path, strings & set(pruning.list_methods()))
+
+
+def test_an_upload_note_is_said_of_uploads_not_of_gallery_examples():
+    from app.compare import Example
+
+    tokenizer = build_tokenizer()
+    runner = Runner.from_model(build_model(tokenizer), build_processor(tokenizer), name="tiny")
+    scene = picture(40)
+    pipeline = ComparePipeline(
+        runner,
+        vocabulary=COCO_VOCABULARY,
+        examples=[Example("scene", scene, truth=("cat",))],
+        upload_note="this model knows only scenes",
+    )
+    h = Handlers(pipeline)
+    assert "**Note:** this model knows only scenes" in h.load(picture(41), "s")[1]
+    assert "Note:" not in h.load(scene, "s")[1]
+
+
+def test_the_embedded_page_offers_scenes_only():
+    from app.launch import EMBEDDED_UPLOAD_NOTE, gallery
+
+    embedded, real = [ex.name for ex in gallery(True)], [ex.name for ex in gallery(False)]
+    assert embedded and not any(name.startswith("photo") for name in embedded)
+    assert set(embedded) < set(real) and any(name.startswith("photo") for name in real)
+    assert "mean nothing" in EMBEDDED_UPLOAD_NOTE

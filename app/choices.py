@@ -28,10 +28,8 @@ __all__ = [
     "budget_presets",
     "check_budget",
     "check_methods",
-    "check_prompt",
     "default_budget",
     "describe_method",
-    "prompt_room",
     "sweep_budgets",
     "typed_truth",
 ]
@@ -127,13 +125,3 @@ def typed_truth(truth_text: str | None, vocabulary: Vocabulary) -> tuple[str, ..
     (None, blank or only commas). Unknown names are the vocabulary's ``ValueError``."""
     typed = parse_truth(truth_text, vocabulary) if truth_text is not None else None
     return tuple(sorted(typed)) if typed else None
-
-
-def prompt_room(runner: Any, max_new_tokens: int) -> int:
-    """How many prompt tokens fit beside ``runner``'s visual tokens (``Runner.prompt_room``)."""
-    return runner.prompt_room(max_new_tokens)
-
-
-def check_prompt(prompt: Any, runner: Any, max_new_tokens: int) -> str:
-    """``prompt`` stripped, checked by the runtime against the model's room (``Runner.check_prompt``)."""
-    return runner.check_prompt(prompt, max_new_tokens)

@@ -3,9 +3,8 @@
 ``ComparePipeline`` wraps a ``Runner``. The UI calls it in two speeds: ``load`` and ``view``
 (encode once, then select and draw: milliseconds, re-run on every slider move) and ``answer``
 (generation, seconds). Heavy data stays here, per session, in an ``app.sessions.SessionStore``
-keyed by the image's content digest; the UI keeps only that key. Every public method takes and
-returns plain values; ``session`` names whose images they use (the page passes its session id,
-library callers may leave the default).
+keyed by the image's content digest; the UI keeps only that key. Public methods take and return
+plain values; ``session`` names whose images they use (library callers may leave the default).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -31,10 +30,8 @@ from .choices import (
     budget_presets,
     check_budget,
     check_methods,
-    check_prompt,
     default_budget,
     describe_method,
-    prompt_room,
     sweep_budgets,
     typed_truth,
 )
@@ -42,6 +39,9 @@ from .replay import replay_frame
 from .runtime import GenerationOptions
 from .runtime.images import image_digest, load_image
 from .sessions import DEFAULT_MAX_BYTES, DEFAULT_SESSION, AnswerCancelled, SessionStore, tensor_bytes
+
+if TYPE_CHECKING:
+    from .runtime import Runner
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -89,7 +89,7 @@ class ComparePipeline:
 
     def __init__(
         self,
-        runner: Any,
+        runner: Runner,
         *,
         vocabulary: Vocabulary,
         examples: Sequence[Example] = (),
@@ -104,6 +104,7 @@ class ComparePipeline:
         self.examples = list(examples)
         self.max_new_tokens = max_new_tokens
         self.store = store if store is not None else SessionStore(memory_bytes)
+        self._model_lock = threading.Lock()  # one generation at a time, even while a stopped one ends
         self._truth_by_digest = {image_digest(load_image(ex.image)): ex for ex in self.examples}
 
     # -- facts -----------------------------------------------------------------------------------
@@ -156,11 +157,11 @@ class ComparePipeline:
 
     def prompt_room(self) -> int:
         """How many prompt tokens fit beside all visual tokens and ``max_new_tokens`` new ones."""
-        return prompt_room(self.runner, self.max_new_tokens)
+        return self.runner.prompt_room(self.max_new_tokens)
 
     def check_prompt(self, prompt: Any) -> str:
-        """``prompt`` stripped, or a ``ValueError`` when it is empty or does not fit the model."""
-        return check_prompt(prompt, self.runner, self.max_new_tokens)
+        """``prompt`` stripped, or a ``ValueError`` when it is empty or does not fit (the runtime's check)."""
+        return self.runner.check_prompt(prompt, self.max_new_tokens)
 
     # -- the fast path ---------------------------------------------------------------------------
 
@@ -420,14 +421,14 @@ class ComparePipeline:
         def stopped() -> bool:
             return cancel is not None and cancel.is_set()
 
-        start = time.perf_counter()
         report = None if progress is None else (lambda i, text: progress(names[i], text))
         options = GenerationOptions(max_new_tokens=self.max_new_tokens)
-        gens = self.runner.generate_many(entry.encoding, prompt, rows, options, cancel=cancel, progress=report)
-        batch_ms = (time.perf_counter() - start) * 1e3
-        prefill = {}
-        if measure_prefill:
-            for name, sel in zip(names, rows):
+        with self._model_lock:
+            start = time.perf_counter()
+            gens = self.runner.generate_many(entry.encoding, prompt, rows, options, cancel=cancel, progress=report)
+            batch_ms = (time.perf_counter() - start) * 1e3
+            prefill = {}
+            for name, sel in zip(names, rows) if measure_prefill else ():
                 if stopped():
                     break
                 one = self.runner.generate(entry.encoding, prompt, sel, GenerationOptions(max_new_tokens=1))

@@ -5,18 +5,18 @@ comma-separated string -> a list of names, the parameter boxes -> a dict per met
 what has none (an empty box, a bool or text in a number box, another word in a true/false box), and
 formats the results (markdown, highlighted segments, plotly figures). Whether a plain value is
 allowed is said once, by its owner: the registry for methods and parameters, the pipeline for the
-budget's range and the prompt. Refusals are ``ValueError`` messages quoting user input only
-through ``brief``. Every call names the page ``session`` it serves. It never touches gradio, torch
-or ``pruning``: methods and parameters come from ``pipeline.info()``.
+budget's range, the runtime for the prompt. Refusals are ``ValueError`` messages quoting user input
+only through ``brief``; every call names its page ``session``. No gradio, torch or ``pruning`` here.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visualizers import (
     attention_heatmap,
@@ -30,6 +30,9 @@ from visualizers import (
 from .messages import brief
 from .runtime.images import ImageFileMissing
 from .sessions import DEFAULT_SESSION, AnswerCancelled
+
+if TYPE_CHECKING:
+    from .compare import ComparePipeline
 
 __all__ = ["MAX_PROMPT_CHARS", "PROMPT_PRESETS", "AnswerCancelled", "Handlers", "ParamSlot", "brief"]
 
@@ -54,8 +57,7 @@ CALIBRATION_WORDS = {  # what the page says of a model's calibration, by ``Calib
 
 @dataclass(frozen=True)
 class ParamSlot:
-    """One parameter box of the page: the method and parameter it sets, its default, and its kind
-    ("number", "int", "bool") and range (``wants``: the accepted values in words) from the registry."""
+    """One parameter box: its method, parameter, default, kind ("number", "int", "bool") and ``wants``."""
 
     method: str
     name: str
@@ -110,7 +112,7 @@ def _settings(key: str, methods: Any, budget: Any, params: Mapping[str, Mapping[
 class Handlers:
     """Event handlers over a ``ComparePipeline`` (or anything with its methods)."""
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, pipeline: ComparePipeline) -> None:
         self.pipeline = pipeline
         self.info = pipeline.info()
         ranges = {m: d.get("ranges", {}) for m, d in self.info.get("method_info", {}).items()}
@@ -246,16 +248,21 @@ class Handlers:
         small JSON-ready summary the page keeps for export; ``record["answers_stale"]`` says
         whether answers on the page were computed for other settings (the page clears them).
         """
-        if not key:
-            raise ValueError("load an image first")
-        methods = self.methods(methods)
-        budget = self.budget(budget)
-        params = self.params(param_values)
-        if colour_by not in (None, "", "none", "order", "attention"):
-            raise ValueError(f"colour by must be none, order or attention, got {brief(colour_by)}")
-        mode = None if colour_by in (None, "", "none") else colour_by
-        views = self.pipeline.view(key, methods, budget, params, colour_by=mode, session=session)
-        stale = self.pipeline.store.mark_viewed(session, _settings(key, methods, budget, params))
+        store = self.pipeline.store
+        try:
+            if not key:
+                raise ValueError("load an image first")
+            methods = self.methods(methods)
+            budget = self.budget(budget)
+            params = self.params(param_values)
+            if colour_by not in (None, "", "none", "order", "attention"):
+                raise ValueError(f"colour by must be none, order or attention, got {brief(colour_by)}")
+            mode = None if colour_by in (None, "", "none") else colour_by
+            views = self.pipeline.view(key, methods, budget, params, colour_by=mode, session=session)
+        except Exception:
+            store.mark_viewed(session, ("refused",))  # the controls match no answer now
+            raise
+        stale = store.mark_viewed(session, _settings(key, methods, budget, params))
         cards = []
         for method in methods:
             v = views[method]
@@ -346,37 +353,40 @@ class Handlers:
         image: Any = None,
         session: str = DEFAULT_SESSION,
         progress: Callable[[str, str], None] | None = None,
+        on_start: Callable[[threading.Event], None] | None = None,
     ):
         """Answers of the full model and each method, for the image the page shows.
 
-        ``progress(name, text)`` gets every answer as it grows (``ComparePipeline.answer``).
-
-        ``image`` is the page's image value when the event carries it: the answer is then computed
-        for that image whatever ``key`` says (a Compare click can arrive while a new image is still
-        being encoded), encoding it again if needed. The work stops early, raising
-        ``AnswerCancelled``, when the session starts another answer, changes the settings, presses
-        Stop or closes. Returns (full card, per-method cards, summary markdown, record of the
-        answers for export), or raises ``AnswerCancelled``; ``record["current"]`` is False when
-        the page's settings changed while answering (the page then discards the answers).
+        ``image`` (the page's image value) wins over ``key``: a Compare click can arrive while a new
+        image is still being encoded. The work stops early, raising ``AnswerCancelled``, on a newer
+        answer, a settings change, Stop or a closed tab; ``on_start(event)`` gets that cancellation
+        event first, ``progress(name, text)`` every answer as it grows. Returns (full card, method
+        cards, summary, record); ``record["current"]`` is False when the settings moved meanwhile.
         """
-        if image is not None:
-            try:
-                key = self.pipeline.key_for(image, session)
-            except ImageFileMissing:
-                if not key:  # the server cleaned up the upload; the encoding it made is still held
-                    raise
-        if not key:
-            raise ValueError("load an image first")
-        prompt = self.prompt(prompt)
-        methods = self.methods(methods)
-        budget = self.budget(budget)
-        params = self.params(param_values)
-        truth_text = self.truth(truth)
-        settings = _settings(key, methods, budget, params)
         store = self.pipeline.store
-        cancel = store.start_answer(session, settings)
+        cancel = store.start_answer(session, None)  # from now on Stop or a closed tab reaches it
+        if on_start is not None:
+            on_start(cancel)
+        settings = None
         current = False
         try:
+            if image is not None:
+                try:
+                    key = self.pipeline.key_for(image, session)
+                except ImageFileMissing:
+                    if not key:  # the server cleaned up the upload; the encoding it made is still held
+                        raise
+            if not key:
+                raise ValueError("load an image first")
+            prompt = self.prompt(prompt)
+            methods = self.methods(methods)
+            budget = self.budget(budget)
+            params = self.params(param_values)
+            truth_text = self.truth(truth)
+            settings = _settings(key, methods, budget, params)
+            store.set_running_for(session, cancel, settings)
+            if cancel.is_set():
+                raise AnswerCancelled("stopped before generating")
             out = self.pipeline.answer(
                 key,
                 prompt,
@@ -411,6 +421,14 @@ class Handlers:
     def _image_label(self, key: str, session: str) -> str:
         example = self.pipeline.example_name(key, session)
         return example if example else f"image {key[:8]}"
+
+    def no_image(self, session: str = DEFAULT_SESSION) -> None:
+        """The page shows no image (cleared, or refused): no answer belongs to it any more."""
+        self.pipeline.store.mark_viewed(session, ("no image",))
+
+    def forget_answers(self, session: str = DEFAULT_SESSION) -> bool:
+        """The prompt or ground truth changed: stop the running answer and forget the shown ones."""
+        return self.pipeline.store.forget_answers(session)
 
     def stop(self, session: str) -> bool:
         """Stop the session's running answer (the Stop button); returns whether one was running."""

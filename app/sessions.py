@@ -41,6 +41,7 @@ __all__ = [
 DEFAULT_MAX_BYTES = 2 * 2**30  # all sessions' encodings together: ~250 LLaVA-1.5-7B images in float16
 DEFAULT_IDLE_S = 30 * 60.0  # a session untouched this long may be freed when memory is needed
 IMAGES_PER_SESSION = 2  # the image on the page and the one before
+RELEASED_REMEMBERED = 10_000  # ended session ids remembered, so late work cannot bring one back
 DEFAULT_SESSION = "local"  # the session of library callers that do not name one
 
 
@@ -113,6 +114,7 @@ class SessionStore:
         self._clock = clock
         self._held: OrderedDict[str, _Held] = OrderedDict()  # least recently used first
         self._sessions: dict[str, Session] = {}
+        self._released: OrderedDict[str, None] = OrderedDict()  # ended sessions, never made again
         self._lock = threading.RLock()
         self._export_root: Path | None = None  # made on first export; removed with the store or at exit
 
@@ -161,6 +163,8 @@ class SessionStore:
             raise ValueError(f"session must be a non-empty string, got {session!r}")
         s = self._sessions.get(session)
         now = self._clock()
+        if s is None and session in self._released:
+            raise ValueError("this page session has ended: reload the page")
         if s is None:
             for old in [o for o in self._sessions.values() if not o.keys and o.running is None]:
                 if now - old.last_seen > self.idle_s:
@@ -235,7 +239,7 @@ class SessionStore:
         with self._lock:
             s = self._session(session)
             s.viewed = settings
-            if s.running is not None and s.running_for != settings:
+            if s.running is not None and s.running_for is not None and s.running_for != settings:
                 s.running.set()
             stale = s.answered is not None and s.answered != settings
             if stale:
@@ -243,8 +247,28 @@ class SessionStore:
                 s.records.pop("answers", None)
             return stale
 
+    def forget_answers(self, session: str) -> bool:
+        """The page's answers no longer match (the prompt or the truth was edited): stop and forget them.
+
+        Returns whether there were answers (or a running answer) to forget.
+        """
+        with self._lock:
+            s = self._sessions.get(session)
+            if s is None:
+                return False
+            had = s.answered is not None or s.running is not None
+            if s.running is not None:
+                s.running.set()
+            s.answered = None
+            s.records.pop("answers", None)
+            return had
+
     def start_answer(self, session: str, settings: Hashable) -> threading.Event:
-        """Begin a generation for ``settings``: cancels the session's previous one; returns its event."""
+        """Begin a generation for ``settings``: cancels the session's previous one; returns its event.
+
+        ``settings`` may be None while the request is still being checked (its image encoded); the
+        event exists from then on, so a Stop or a closed tab in that time is not lost.
+        """
         with self._lock:
             s = self._session(session)
             if s.running is not None:
@@ -285,6 +309,13 @@ class SessionStore:
             s = self._sessions.get(session)
             return None if s is None else s.records.get(kind)
 
+    def set_running_for(self, session: str, event: threading.Event, settings: Hashable) -> None:
+        """Name the settings the running answer ``event`` computes, once they are known."""
+        with self._lock:
+            s = self._sessions.get(session)
+            if s is not None and s.running is event:
+                s.running_for = settings
+
     def cancel(self, session: str) -> bool:
         """Stop the session's running generation; returns whether there was one."""
         with self._lock:
@@ -311,6 +342,9 @@ class SessionStore:
         """Forget a session: cancel its work, free its images, delete its export files."""
         with self._lock:
             s = self._sessions.pop(session, None)
+            self._released[session] = None
+            while len(self._released) > RELEASED_REMEMBERED:
+                self._released.popitem(last=False)
             if s is None:
                 return
             if s.running is not None:

@@ -175,10 +175,10 @@ def plain_uniform(rows: int, cols: int, k: int) -> list[int]:
 
 def plain_select(method: str, inputs, k: int) -> list[int]:
     """The plain counterpart of ``pruning.select(method, inputs, k)``: picked indices, pick order."""
-    return _plain_picks(method, inputs, k).tolist()
+    return plain_picks(method, inputs, k).tolist()
 
 
-def _plain_picks(method: str, inputs, k: int) -> torch.Tensor:
+def plain_picks(method: str, inputs, k: int) -> torch.Tensor:
     return torch.tensor(_plain_list(method, inputs, k), dtype=torch.long)
 
 

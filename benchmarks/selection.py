@@ -19,7 +19,7 @@ import time
 import torch
 
 import pruning
-from benchmarks.plain import _plain_picks, plain_select
+from benchmarks.plain import plain_picks, plain_select
 from benchmarks.synthetic import synthetic_inputs
 
 GRIDS = {576: (24, 24), 2880: (48, 60)}
@@ -66,7 +66,7 @@ def run(sizes, device: str, repeats: int, plain_repeats: int, n_images: int) -> 
             )
             all_same &= same
             ours = median_ms(lambda im, m=method, k=k: pruning.select(m, im, k), images, repeats, device)
-            plain = median_ms(lambda im, m=method, k=k: _plain_picks(m, im, k), cpu_images, plain_repeats, "cpu")
+            plain = median_ms(lambda im, m=method, k=k: plain_picks(m, im, k), cpu_images, plain_repeats, "cpu")
             print(
                 f"| {n} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
                 f"{'yes' if same else 'NO'} |",

@@ -29,7 +29,7 @@ from app.handlers import Handlers
 from app.runtime import GenerationOptions, Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
 from app.sessions import ServerFullError, SessionStore
-from app.ui import MAX_MESSAGE_CHARS, _guard, build_demo
+from app.ui import MAX_MESSAGE_CHARS, build_demo, guard
 from scoring import COCO_VOCABULARY
 from tests.serving import serve_app
 
@@ -217,7 +217,7 @@ def test_messages_are_escaped_and_cut_short():
         raise ValueError(f"unknown object name {text}")
 
     with pytest.raises(gr.Error) as err:
-        _guard(shout)("<a href='https://example.com'>x</a>" + "y" * 5_000_000)
+        guard(shout)("<a href='https://example.com'>x</a>" + "y" * 5_000_000)
     text = err.value.message
     assert len(text) <= MAX_MESSAGE_CHARS and "<a" not in text and "&lt;a" in text
 
@@ -354,13 +354,13 @@ def test_cancelled_generation_stops_at_the_next_token(page, example_image, how):
     assert max(seen["tokens"]) <= 2 and seen["reasons"] <= {"cancelled", "eos"}
 
 
-def test_generation_with_a_set_event_stops_after_one_token(runner, example_image):
+def test_generation_with_a_set_event_never_starts(runner, example_image):
     enc = runner.encode(example_image)
     stop = threading.Event()
     stop.set()
     gen = runner.generate(enc, "describe this image", None, GenerationOptions(max_new_tokens=40), cancel=stop)
     free = runner.generate(enc, "describe this image", None, GenerationOptions(max_new_tokens=40))
-    assert len(gen.token_ids) == 1 and gen.finish_reason in ("cancelled", "eos")
+    assert gen.token_ids == () and gen.finish_reason == "cancelled" and gen.timings["prefill_ms"] is None
     assert len(free.token_ids) > 1 or free.finish_reason == "eos"
 
 
@@ -536,3 +536,44 @@ def test_answers_stream_into_the_page_as_they_are_written(page, tmp_path, exampl
         value = shown(demo, o, "answer-full")
         if value != gr.skip():
             assert final.startswith(value[0][0])
+
+
+def test_editing_the_prompt_clears_its_answers(page, tmp_path, example_image):
+    _, h, demo = page
+    img = upload(tmp_path, example_image, "a")
+    key = stored_key(event(demo, "on_load")(request("s"), img))
+    event(demo, "on_view")(request("s"), key, ["attention"], 4, "none", *defaults(h))
+    event(demo, "on_answer")(request("s"), img, key, "describe", ["attention"], 4, "", *defaults(h))
+    out = event(demo, "on_question")(request("s"))
+    assert "prompt or ground truth changed" in shown(demo, out, "answer-summary")
+    assert "answers" not in h.session_record("s")
+    assert event(demo, "on_question")(request("s")) == {}  # nothing left to clear
+
+
+def test_answers_finishing_after_the_image_was_cleared_are_discarded(page, tmp_path, example_image):
+    # Before the review fix: clearing the image emptied the columns, then the running answer filled them.
+    pipeline, h, demo = page
+    img = upload(tmp_path, example_image, "a")
+    key = stored_key(event(demo, "on_load")(request("s"), img))
+    event(demo, "on_view")(request("s"), key, ["attention"], 4, "none", *defaults(h))
+    real = pipeline.runner.generate_many
+
+    def image_cleared_meanwhile(*args, **kwargs):
+        event(demo, "on_view")(request("s"), "", ["attention"], 4, "none", *defaults(h))  # key "" after a clear
+        return real(*args, **kwargs)
+
+    pipeline.runner.generate_many = image_cleared_meanwhile
+    try:
+        out = event(demo, "on_answer")(request("s"), img, key, "describe", ["attention"], 4, "", *defaults(h))
+    finally:
+        pipeline.runner.generate_many = real
+    assert "Answers for" not in shown(demo, out, "answer-summary")
+
+
+def test_a_closed_tab_is_not_brought_back_by_its_late_work(page, example_image):
+    pipeline, h, _ = page
+    h.load(example_image, "gone")
+    pipeline.release("gone")
+    with pytest.raises(ValueError, match="session has ended"):
+        h.answer("", "describe", ["attention"], 4, defaults(h), "", image=noise(5), session="gone")
+    assert pipeline.store.stats()["sessions"] == 0

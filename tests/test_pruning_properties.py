@@ -17,7 +17,8 @@ def small_inputs(seed=0, grid=(8, 8), dim_pre=48, dim=96):
 
 
 def test_registry_lists_the_specified_methods():
-    assert METHODS == [
+    # methods.md's methods, in its order, lead the registry; a new method may follow them
+    assert METHODS[:9] == [
         "attention",
         "diversity",
         "adaptive",

@@ -213,14 +213,17 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(runner, encodin
         handle.remove()
 
 
-def test_out_of_memory_while_streaming_is_raised_by_the_iteration(runner, encoding):
+def test_out_of_memory_while_reporting_progress_is_raised_by_the_call(runner, encoding):
     handle = _raise_once(runner.adapter.model.model.language_model)
+    seen = []
     try:
-        stream = runner.generate_stream(encoding, PROMPT, None, GenerationOptions(max_new_tokens=4))
         with pytest.raises(OutOfMemoryError):
-            list(stream)
+            runner.generate_many(
+                encoding, PROMPT, [None], GenerationOptions(max_new_tokens=4), progress=lambda i, t: seen.append(t)
+            )
     finally:
         handle.remove()
+    assert runner.generate(encoding, PROMPT, None, GenerationOptions(max_new_tokens=2)).token_ids  # still usable
 
 
 def test_unsupported_models_are_refused_with_the_supported_list():

@@ -13,7 +13,7 @@ placeholder, and the model's public ``generate`` does the rest. Nothing in trans
 One job per module: ``records`` (Encoding, Generation, GenerationOptions, errors), ``calibration``,
 ``images`` (safe image intake), ``adapters`` (one file per model family, behind a typed
 ``Adapter`` protocol), ``generation`` (one batched generate call: splicing, padding, timing,
-cancelling, streaming), ``runner`` (the ``Runner``), ``loading`` (``load_runner``) and
+cancelling, reporting every token), ``runner`` (the ``Runner``), ``loading`` (``load_runner``) and
 ``synthetic`` (random-weight LLaVAs for tests and benchmarks). The names below are imported on
 first use, so ``app.runtime.images`` alone does not pull in torch's model stack.
 """
@@ -29,7 +29,6 @@ _HOMES = {
     "calibration_home": "calibration",
     "read_calibration": "calibration",
     "stored_calibration_path": "calibration",
-    "GenerationStream": "generation",
     "load_image": "images",
     "load_runner": "loading",
     "resolve_device_dtype": "loading",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 import pruning
@@ -27,7 +27,6 @@ from .records import Encoding, Generation, GenerationOptions, OutOfMemoryError
 
 __all__ = [
     "MAX_PADDING_SHARE",
-    "GenerationStream",
     "Row",
     "RowTokens",
     "group_rows",
@@ -178,8 +177,10 @@ def group_rows(lengths: Sequence[int], max_padding_share: float = MAX_PADDING_SH
 
     Rows are taken longest first; a row joins the current group while the group's padding (pad
     positions over all positions) stays at or below ``max_padding_share``, else it starts a new
-    group. Rows of equal length always share a call; the full model's 576-token row and 64-token
-    pruned rows do not. Groups come back in the order of their first row, each in input order.
+    group (so equal lengths share a call unless the group they would join is already too padded).
+    The full model's 576-token row and 64-token pruned rows do not share one. Groups come back in
+    the order of their first row, each in input order. A sampled (``seed``) generation is seeded
+    per call, so its answers depend on the grouping; greedy ones do not.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
@@ -289,6 +290,21 @@ def _generation(
     )
 
 
+def cancelled_generation(encoding: Encoding, row: Row, batch: int) -> Generation:
+    """The empty answer of a row whose generate call never started because of a cancel."""
+    timings = {
+        "encode_ms": encoding.encode_ms,
+        "select_ms": row.select_ms,
+        "prefill_ms": None,
+        "decode_ms_per_token": None,
+        "total_ms": encoding.encode_ms + (row.select_ms or 0.0),
+        "peak_memory_mb": None,
+        "n_new_tokens": 0,
+        "batch_size": batch,
+    }
+    return Generation("", (), row.n_visual, timings, method=row.method, finish_reason="cancelled")
+
+
 @contextmanager
 def oom_guard(device: torch.device, what: str) -> Iterator[None]:
     """Turn a device out-of-memory into ``OutOfMemoryError`` after freeing what the request held."""
@@ -324,58 +340,3 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-class GenerationStream:
-    """Text pieces of one generation as they are produced, then the whole ``Generation``.
-
-        stream = runner.generate_stream(enc, "What is shown?", sel)
-        for piece in stream:
-            print(piece, end="")
-        stream.generation.timings
-
-    Generation runs in a background thread; ``close()`` (or leaving a ``with`` block) stops it early.
-    """
-
-    def __init__(self, work: Callable[[], Generation], streamer: TextIteratorStreamer, cancel: threading.Event):
-        self._streamer = streamer
-        self._cancel = cancel
-        self._result: Generation | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._target, args=(work,), daemon=True)
-        self._thread.start()
-
-    def _target(self, work: Callable[[], Generation]) -> None:
-        try:
-            self._result = work()
-        except BaseException as err:  # re-raised in the consumer's thread by __iter__
-            self._error = err
-            self._streamer.end()
-
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._streamer:
-            if piece:
-                yield piece
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    @property
-    def generation(self) -> Generation:
-        """The finished ``Generation`` (waits for the background thread)."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def close(self) -> None:
-        """Stop generating as soon as possible (the result keeps what was produced)."""
-        self._cancel.set()
-        self._thread.join()
-
-    def __enter__(self) -> GenerationStream:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -100,7 +100,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Decoding options shared by ``generate``, ``generate_many`` and ``generate_stream``, validated.
+    """Decoding options shared by ``generate`` and ``generate_many``, validated.
 
     Greedy unless ``do_sample``; ``temperature``, ``top_p`` and ``top_k`` need ``do_sample=True``;
     ``seed`` makes sampling reproducible without touching the global random state.

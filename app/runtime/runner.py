@@ -3,8 +3,9 @@
 Encode once (``encode``, cached by image content and model settings), select many times
 (``select``, the model's calibration filled in), generate from only the kept tokens
 (``generate`` / ``generate_many``, one ``GenerationOptions``). ``generate_many`` batches the rows
-whose lengths are close and runs the others apart (``generation.group_rows``), so a batch never
-costs more than its rows one by one; every answer equals the one its row gets alone.
+whose lengths are close and runs the others apart (``generation.group_rows``), so that padding a
+short row to a long one does not cost more than it saves (``benchmarks.app_speed`` measures it);
+every greedy answer equals the one its row gets alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TextIteratorStreamer
 
 import pruning
 
@@ -28,9 +28,9 @@ from .adapters import Adapter, adapter_for
 from .calibration import Calibration, find_calibration
 from .generation import (
     MAX_PADDING_SHARE,
-    GenerationStream,
     Row,
     RowTokens,
+    cancelled_generation,
     group_rows,
     oom_guard,
     prepare_row,
@@ -296,6 +296,10 @@ class Runner:
         eos = set(self.adapter.eos_token_ids())
         decode = self.adapter.tokenizer.decode
         for group in groups:
+            if cancel is not None and cancel.is_set():  # the rest never starts
+                for i in group:
+                    out[i] = cancelled_generation(encoding, rows[i], len(group))
+                continue
             streamer = None
             if progress is not None:
                 streamer = RowTokens(group, eos, lambda i, ids: progress(i, decode(ids, skip_special_tokens=True)))
@@ -303,29 +307,6 @@ class Runner:
             for i, gen in zip(group, gens):
                 out[i] = gen
         return out
-
-    def generate_stream(
-        self,
-        encoding: Encoding,
-        prompt: str,
-        selection: pruning.Selection | None = None,
-        options: GenerationOptions | None = None,
-    ) -> GenerationStream:
-        """Like ``generate``, but returns a ``GenerationStream``: iterate it for text pieces as they
-        are produced; its ``generation`` holds the full ``Generation`` afterwards.
-
-        Input errors are raised here, before anything runs; errors during generation are raised
-        by the iteration.
-        """
-        options = as_options(options)
-        rows = [self._prepare_row(encoding, prompt, selection, options)]
-        streamer = TextIteratorStreamer(self.adapter.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancel = threading.Event()
-
-        def work() -> Generation:
-            return run_rows(self.adapter, encoding, rows, options, streamer=streamer, cancel=cancel)[0]
-
-        return GenerationStream(work, streamer, cancel)
 
     # -- generation internals --------------------------------------------------------------------
 

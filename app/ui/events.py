@@ -27,6 +27,7 @@ __all__ = ["wire_answer", "wire_unload", "wire_view"]
 
 STALE = "*Answers cleared: the image, budget, methods or parameters changed. Press **Compare answers** for new ones.*"
 STOPPED = "*Stopped: Stop was pressed, the settings changed or a newer request came.*"
+EDITED = "*Answers cleared: the prompt or ground truth changed. Press **Compare answers** for new ones.*"
 STREAM_INTERVAL_S = 0.1  # the page gets the answers so far at most this often
 
 
@@ -56,6 +57,7 @@ def wire_view(
 
     def on_view(request: gr.Request, k, chosen_methods, k_budget, colour, *pvals):
         if not k:  # no image (cleared, or it could not be read): nothing to draw or answer
+            h.no_image(session_of(request))
             drawn = {c: v for col in columns.methods for c, v in ((col.overlay, None), (col.stats, ""))}
             return {plots.bars: None, facts.taus: None, **drawn, **columns.cleared("")}
         cards, bar_fig, tau_fig, rec = h.view(k, chosen_methods, k_budget, list(pvals), colour, session_of(request))
@@ -113,7 +115,7 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
         session = session_of(request)
         image = image_value(img)
         so_far: dict[str, str] = {}
-        lock, changed, result = threading.Lock(), threading.Event(), {}
+        lock, changed, result, started = threading.Lock(), threading.Event(), {}, []
 
         def progress(name: str, answer: str) -> None:
             with lock:
@@ -124,7 +126,7 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
             try:
                 result["value"] = h.answer(
                     k, text, chosen_methods, k_budget, list(pvals), truth_text, image=image, session=session,
-                    progress=progress,
+                    progress=progress, on_start=started.append,
                 )  # fmt: skip
             except BaseException as err:  # re-raised in the event's own thread below
                 result["error"] = err
@@ -143,8 +145,8 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
                     yield columns.partial(snapshot)
                 worker.join(STREAM_INTERVAL_S)
         finally:
-            if worker.is_alive():  # the page went away (Stop, a closed tab): stop the generation
-                h.stop(session)
+            if worker.is_alive() and started:  # the page went away (Stop, a closed tab): stop this generation
+                started[0].set()
         if "error" in result:
             if isinstance(result["error"], AnswerCancelled):
                 yield columns.cleared(STOPPED)
@@ -162,6 +164,10 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
     def on_stop(request: gr.Request):
         h.stop(session_of(request))
 
+    def on_question(request: gr.Request):
+        """A new prompt or ground truth: answers for the old one are stopped and cleared."""
+        return columns.cleared(EDITED) if h.forget_answers(session_of(request)) else {}
+
     answering = gr.on(
         triggers=[inputs.run.click],
         fn=lambda: columns.cleared("*Answering…*"),
@@ -177,6 +183,15 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
         concurrency_id="model",
         concurrency_limit=1,
         preprocess=False,  # raw values: the image undecoded, the rest converted by the handlers
+    )
+    gr.on(
+        triggers=[inputs.prompt.input, inputs.truth.input],
+        fn=guard(on_question),
+        inputs=None,
+        outputs=columns.answer_outputs,
+        api_visibility="private",
+        queue=False,
+        trigger_mode="always_last",
     )
     gr.on(
         triggers=[inputs.stop.click],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,9 +144,15 @@ def launch(demo, args: argparse.Namespace) -> None:
 
     Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (gradio reads them itself).
     """
+    import signal
+
     from starlette.middleware import Middleware
 
     from .bodylimit import BodyLimit
+
+    # A SIGTERM (a host stopping the app) ends the process like Ctrl-C, so exit handlers run and the
+    # sessions' export folders are deleted instead of left in the temp folder.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64).launch(
         share=args.share,

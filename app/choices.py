@@ -50,6 +50,8 @@ class Example:
         truth: ground-truth object categories (exact for built-in scenes), or None if unknown.
         note: one line shown under the gallery (complexity, licence).
         prompt: a suggested prompt.
+        objects: the exact ``(category, colour)`` of every object (built-in scenes), so that a wrong
+            colour or count in an answer can be marked too.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Example:
     truth: tuple[str, ...] | None = None
     note: str = ""
     prompt: str | None = None
+    objects: tuple[tuple[str, str], ...] | None = None
 
 
 def budget_presets(n_tokens: int) -> list[int]:

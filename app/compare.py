@@ -63,6 +63,7 @@ class _Entry:
     view: Image.Image
     truth: tuple[str, ...] | None
     example: str | None
+    objects: tuple[tuple[str, str], ...] | None = None
     sweeps: dict[tuple, dict] = field(default_factory=dict)
 
 
@@ -80,12 +81,8 @@ def _plain(value: Any) -> Any:
 
 
 class ComparePipeline:
-    """Encode, select, draw and answer for the app; thread-safe, bounded memory.
-
-    Each public call checks its request once, before any work, with ``app.choices`` (what only a
-    comparison knows: its methods, a budget within this model's N, the prompt's room); the registry
-    checks each method's parameters as it runs.
-    """
+    """Encode, select, draw and answer for the app; thread-safe, bounded memory. Each public call
+    checks its request once, before any work (``app.choices``); the registry checks parameters."""
 
     def __init__(
         self,
@@ -97,8 +94,10 @@ class ComparePipeline:
         memory_bytes: int = DEFAULT_MAX_BYTES,
         store: SessionStore | None = None,
         upload_note: str | None = None,
+        attribute_errors: Callable[[str, Sequence[tuple[str, str]]], Mapping[int, str]] | None = None,
     ) -> None:
         self.runner = runner
+        self.attribute_errors = attribute_errors  # (answer, a scene's objects) -> wrong colours/counts
         self.upload_note = upload_note  # said of every image that is not a gallery example
         self.vocabulary = vocabulary
         self.examples = list(examples)
@@ -212,6 +211,7 @@ class ComparePipeline:
             view=view,
             truth=example.truth if example else None,
             example=example.name if example else None,
+            objects=example.objects if example else None,
         )
         inputs = encoding.inputs
         nbytes = (
@@ -438,9 +438,9 @@ class ComparePipeline:
         reference = gens[0].text
         out = {}
         for name, gen in zip(names, gens):
-            marks = mark_answer(
-                gen.text, self.vocabulary, truth=truth, reference=None if truth is not None else reference
-            )
+            own = typed_truth is None and entry.objects and self.attribute_errors is not None
+            wrong, ref = self.attribute_errors(gen.text, entry.objects) if own else None, reference
+            marks = mark_answer(gen.text, self.vocabulary, truth=truth, reference=ref, wrong_attributes=wrong)
             if name == "full" and truth is None:
                 marks = mark_answer(gen.text, self.vocabulary)
             p = prefill.get(name)

@@ -123,8 +123,6 @@ class Handlers:
             if isinstance(default, (bool, int, float))
         ]
 
-    # -- widget values to plain values --------------------------------------------------------------
-
     def params(self, values: Sequence[Any]) -> dict[str, dict[str, Any]]:
         """Method parameters from the flat list of parameter boxes (in ``self.slots`` order).
 
@@ -436,11 +434,11 @@ class Handlers:
 
     @staticmethod
     def _answer_card(row: Mapping[str, Any]) -> dict[str, Any]:
-        speed = f"prefill {_format_ms(row['prefill_ms'])}" + (
-            f" · **{row['speedup']:.2f}×** vs full" if row.get("speedup") else ""
-        )
-        missed = f"missed: {', '.join(row['missed'])}" if row["missed"] else ""
-        return {"segments": row["segments"], "speed": speed, "missed": missed, "text": row["text"]}
+        speedup = f" · **{row['speedup']:.2f}×** vs full" if row.get("speedup") else ""
+        wrong, missed = row.get("wrong_attributes") or [], row["missed"]
+        notes = [f"missed: {', '.join(missed)}"] * bool(missed) + [f"wrong: {'; '.join(wrong)}"] * bool(wrong)
+        speed = f"prefill {_format_ms(row['prefill_ms'])}{speedup}"
+        return {"segments": row["segments"], "speed": speed, "missed": "; ".join(notes), "text": row["text"]}
 
     # -- export ----------------------------------------------------------------------------------------
 

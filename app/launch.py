@@ -59,7 +59,10 @@ def scene_examples() -> list[Example]:
         shapes = tuple(sorted({o.shape for o in scene.objects}))
         prompt = "What word is written in the image?" if scene.text and not scene.objects else "Describe the image."
         note = f"built-in scene, {complexity}, seed {seed}: {len(scene.objects)} object(s)"
-        out.append(Example(f"{complexity} #{seed}", scene.image, truth=shapes, note=note, prompt=prompt))
+        objects = tuple((o.shape, o.color) for o in scene.objects)
+        out.append(
+            Example(f"{complexity} #{seed}", scene.image, truth=shapes, note=note, prompt=prompt, objects=objects)
+        )
     return out
 
 
@@ -94,7 +97,7 @@ def _is_embedded(model: str) -> bool:
 @functools.lru_cache(maxsize=2)
 def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_tokens: int = 48, dtype: str = "auto"):
     """Load ``model`` once (on ``device``, in ``dtype``: see ``runtime.load_runner``) and build the page for it."""
-    from scenes.tasks import SCENE_VOCABULARY
+    from scenes.tasks import SCENE_VOCABULARY, attribute_errors
     from scoring import COCO_VOCABULARY
 
     from .compare import ComparePipeline
@@ -114,6 +117,7 @@ def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_
         examples=gallery(embedded),
         max_new_tokens=max_new_tokens,
         upload_note=EMBEDDED_UPLOAD_NOTE if embedded else None,
+        attribute_errors=attribute_errors if embedded else None,
     )
     return build_demo(pipeline)
 

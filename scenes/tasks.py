@@ -29,6 +29,7 @@ __all__ = [
     "WORD_PROMPT",
     "Sample",
     "ShapeMention",
+    "attribute_errors",
     "caption",
     "chair",
     "color_prompt",
@@ -127,6 +128,32 @@ def parse_objects(text: str) -> list[ShapeMention]:
         count = _NUMBER_WORDS.get(before[-1], 1) if before else 1
         out.append(ShapeMention(color, mention.category, count))
     return out
+
+
+def attribute_errors(text: str, objects: Sequence[tuple[str, str]]) -> dict[int, str]:
+    """Mentions in ``text`` whose colour or count the scene's exact ``(shape, colour)`` objects contradict.
+
+    A mention is a shape word with, right before it, an optional colour word and an optional number
+    word (``parse_objects``' grammar, found on ``scoring.PROSE`` words as the app marks answers):
+    "a green circle" claims exactly one green circle, "two diamonds" exactly two diamonds of any
+    colour. Returns ``{start offset: why}`` for the mentions of a shape in the scene whose colour
+    no such object has, or whose count is wrong; absent shapes are CHAIR's business, not this.
+    """
+    lowered = text.lower()
+    errors = {}
+    for mention in find_mentions(text, SCENE_VOCABULARY):
+        same_shape = [colour for shape, colour in objects if shape == mention.category]
+        if not same_shape:
+            continue
+        before = words(lowered[: mention.start])
+        colour = before.pop() if before and before[-1] in COLORS else None
+        count = _NUMBER_WORDS.get(before[-1]) if before else None
+        matching = [c for c in same_shape if colour is None or c == colour]
+        if not matching:
+            errors[mention.start] = f"no {colour} {mention.category} in the image"
+        elif count is not None and count != len(matching):
+            errors[mention.start] = f"{len(matching)} in the image"
+    return errors
 
 
 def chair(captions: Sequence[str], truths: Sequence[Sequence[str]]) -> ChairScores:

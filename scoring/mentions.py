@@ -11,7 +11,7 @@ full model's answer can stand in, and mentions it lacks are marked ``not in full
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .vocabulary import Vocabulary
@@ -118,7 +118,12 @@ def parse_truth(text: str, vocabulary: Vocabulary) -> set[str]:
 
 
 def mark_answer(
-    text: str, vocabulary: Vocabulary, *, truth: Iterable[str] | None = None, reference: str | None = None
+    text: str,
+    vocabulary: Vocabulary,
+    *,
+    truth: Iterable[str] | None = None,
+    reference: str | None = None,
+    wrong_attributes: Mapping[int, str] | None = None,
 ) -> dict:
     """Segments of ``text`` with labels, and the truth categories the answer missed (``PROSE`` words).
 
@@ -126,6 +131,10 @@ def mark_answer(
         truth: the ground-truth categories, when known.
         reference: otherwise, the full model's answer: its mentions act as the truth and the label
             for the others is ``"not in full answer"`` instead of ``"hallucinated"``.
+        wrong_attributes: with a truth, mentions (by start offset in ``text``) of a category that is
+            in the image but with a colour or count it does not have, and why: they are marked
+            ``"hallucinated"`` too and listed in ``wrong_attributes`` ("two red circles: 1 in the
+            image"), while ``hallucinated`` keeps listing absent categories only.
     Returns:
         ``{"segments": [(text, label | None), ...], "mentioned": [...], "hallucinated": [...],
         "not_in_full_answer": [...], "missed": [...], "basis": "ground truth" | "full answer" |
@@ -144,11 +153,15 @@ def mark_answer(
         )
     else:
         known, wrong, basis = None, None, "none"
-    segments, pos = [], 0
+    attribute_errors = wrong_attributes if truth is not None and wrong_attributes else {}
+    segments, pos, misattributed = [], 0, []
     for m in mentions:
         if m.start > pos:
             segments.append((text[pos : m.start], None))
         label = None if known is None else (CORRECT if m.category in known else wrong)
+        if label == CORRECT and m.start in attribute_errors:
+            label = HALLUCINATED
+            misattributed.append(f"{text[m.start : m.end]}: {attribute_errors[m.start]}")
         segments.append((text[m.start : m.end], label))
         pos = m.end
     if pos < len(text):
@@ -160,6 +173,7 @@ def mark_answer(
         "mentioned": mentioned,
         "hallucinated": absent if wrong == HALLUCINATED else [],
         "not_in_full_answer": absent if wrong == NOT_IN_REFERENCE else [],
+        "wrong_attributes": misattributed,
         "missed": sorted(known - set(mentioned)) if known is not None else [],
         "basis": basis,
     }

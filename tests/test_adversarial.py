@@ -455,6 +455,8 @@ def test_api_accepts_a_list_of_methods_and_names_the_model(server, scene_file):
     full = out["full"]
     assert full["basis"] == "ground truth"  # the scene's own truth, not the blank typed one
     assert set(full["hallucinated"]) <= set(full["mentioned"]) and "not_in_full_answer" in full
+    # the scene's exact objects are checked too: every listed wrong colour or count names a mention
+    assert all(":" in w for w in full["wrong_attributes"])
 
 
 def test_api_bodies_over_the_cap_are_refused_unread(server):

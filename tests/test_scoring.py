@@ -17,3 +17,28 @@ def test_prose_boundaries_and_empty_text():
     assert find_mentions("", COCO_VOCABULARY) == []
     assert find_mentions("a dog-like shape", COCO_VOCABULARY) == []  # no mention inside a hyphenated word
     assert [m.category for m in find_mentions("Two Dogs and a person.", COCO_VOCABULARY)] == ["dog", "person"]
+
+
+def test_wrong_colours_and_counts_are_marked_hallucinated():
+    from scenes.tasks import SCENE_VOCABULARY, attribute_errors
+
+    objects = [("diamond", "green"), ("diamond", "green"), ("circle", "green"), ("triangle", "purple")]
+    text = "A green circle, a green diamond, a red triangle and a star."
+    wrong = attribute_errors(text, objects)
+    assert {text[k : k + 8]: why for k, why in wrong.items()} == {
+        "diamond,": "2 in the image",
+        "triangle": "no red triangle in the image",
+    }
+    marks = mark_answer(text, SCENE_VOCABULARY, truth={"diamond", "circle", "triangle"}, wrong_attributes=wrong)
+    labels = {t: label for t, label in marks["segments"] if label}
+    assert labels == {
+        "circle": "correct",
+        "diamond": "hallucinated",
+        "triangle": "hallucinated",
+        "star": "hallucinated",
+    }
+    assert marks["hallucinated"] == ["star"]  # absent categories, as CHAIR counts them
+    assert marks["wrong_attributes"] == ["diamond: 2 in the image", "triangle: no red triangle in the image"]
+    assert attribute_errors("Two green diamonds and a purple triangle.", objects) == {}
+    # without a truth there is nothing to be wrong against
+    assert mark_answer(text, SCENE_VOCABULARY, wrong_attributes=wrong)["wrong_attributes"] == []

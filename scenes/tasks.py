@@ -152,7 +152,7 @@ def attribute_errors(text: str, objects: Sequence[tuple[str, str]]) -> dict[int,
         if not matching:
             errors[mention.start] = f"no {colour} {mention.category} in the image"
         elif count is not None and count != len(matching):
-            errors[mention.start] = f"{len(matching)} in the image"
+            errors[mention.start] = f"the image has {len(matching)}, not {count}"
     return errors
 
 

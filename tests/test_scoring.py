@@ -26,7 +26,7 @@ def test_wrong_colours_and_counts_are_marked_hallucinated():
     text = "A green circle, a green diamond, a red triangle and a star."
     wrong = attribute_errors(text, objects)
     assert {text[k : k + 8]: why for k, why in wrong.items()} == {
-        "diamond,": "2 in the image",
+        "diamond,": "the image has 2, not 1",
         "triangle": "no red triangle in the image",
     }
     marks = mark_answer(text, SCENE_VOCABULARY, truth={"diamond", "circle", "triangle"}, wrong_attributes=wrong)
@@ -38,7 +38,7 @@ def test_wrong_colours_and_counts_are_marked_hallucinated():
         "star": "hallucinated",
     }
     assert marks["hallucinated"] == ["star"]  # absent categories, as CHAIR counts them
-    assert marks["wrong_attributes"] == ["diamond: 2 in the image", "triangle: no red triangle in the image"]
+    assert marks["wrong_attributes"] == ["diamond: the image has 2, not 1", "triangle: no red triangle in the image"]
     assert attribute_errors("Two green diamonds and a purple triangle.", objects) == {}
     # without a truth there is nothing to be wrong against
     assert mark_answer(text, SCENE_VOCABULARY, wrong_attributes=wrong)["wrong_attributes"] == []

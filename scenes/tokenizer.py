@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
+from app.runtime.synthetic import llava_processor
 from scenes.tasks import CAPTION_PROMPT, WORD_PROMPT, color_prompt, count_prompt, existence_prompt
 from scenes.vocabulary import COLORS, COUNT_WORDS, IMAGE_SIZE, MAX_OBJECTS, SHAPES, WORDS
 
@@ -96,17 +97,4 @@ def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaPr
     ``<image>`` in the text expands to 576 image tokens (24×24 patches, [CLS] dropped).
     """
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        do_resize=True,
-        do_center_crop=True,
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor(tokenizer, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, chat_template=CHAT_TEMPLATE)

@@ -67,14 +67,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_processor(
-    tokenizer: PreTrainedTokenizerFast | None = None,
-    *,
-    image_size: int = IMAGE_SIZE,
-    patch_size: int = PATCH_SIZE,
+def llava_processor(
+    tokenizer: PreTrainedTokenizerFast, *, image_size: int, patch_size: int, chat_template: str
 ) -> LlavaProcessor:
-    """A LlavaProcessor with a CLIP image processor at ``image_size`` and the tiny tokenizer."""
-    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    """A LlavaProcessor: CLIP image processing at ``image_size`` (resize the short side, centre
+    crop) and ``tokenizer``, [CLS] dropped; the one processor builder of the tests, the benchmarks
+    and the embedded model (``scenes.tokenizer``)."""
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -87,8 +85,19 @@ def build_processor(
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
+
+
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    *,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+) -> LlavaProcessor:
+    """A LlavaProcessor with a CLIP image processor at ``image_size`` and the tiny tokenizer."""
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    return llava_processor(tokenizer, image_size=image_size, patch_size=patch_size, chat_template=CHAT_TEMPLATE)
 
 
 def random_llava(

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
-from app.runtime.synthetic import llava_processor
+from app.runtime.synthetic import llava_processor, word_level_tokenizer
 from scenes.tasks import CAPTION_PROMPT, WORD_PROMPT, color_prompt, count_prompt, existence_prompt
 from scenes.vocabulary import COLORS, COUNT_WORDS, IMAGE_SIZE, MAX_OBJECTS, SHAPES, WORDS
 
@@ -74,21 +73,8 @@ def _words() -> list[str]:
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """The word-level tokenizer over ``SPECIAL_TOKENS`` + the task vocabulary, with the chat template."""
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + _words())}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        model_max_length=1024,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    tokens = list(SPECIAL_TOKENS) + _words()
+    return word_level_tokenizer(tokens, chat_template=CHAT_TEMPLATE, cleanup=True, model_max_length=1024)
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaProcessor:

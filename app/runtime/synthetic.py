@@ -9,6 +9,9 @@ few decoder layers as asked, for timing prefill without a checkpoint. Both go th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -48,12 +51,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over ``SPECIAL_TOKENS + WORDS`` that prepends ``<s>``."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+def word_level_tokenizer(
+    tokens: Sequence[str], *, chat_template: str, cleanup: bool, **settings: Any
+) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over ``tokens`` (``<unk> <s> </s> <pad> <image>`` first).
+
+    ``cleanup`` is the decoder's clean-up of spaces before punctuation; ``settings`` go to
+    ``PreTrainedTokenizerFast`` (e.g. ``add_bos_token``, ``model_max_length``). The one tokenizer
+    builder of the tests' tiny model and the embedded model (``scenes.tokenizer``).
+    """
+    core = Tokenizer(models.WordLevel(vocab={tok: i for i, tok in enumerate(tokens)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=cleanup)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<s>",
@@ -61,10 +70,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
-        add_bos_token=True,
+        **settings,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The tests' word-level tokenizer over ``SPECIAL_TOKENS + WORDS``; it prepends ``<s>``."""
+    return word_level_tokenizer(SPECIAL_TOKENS + WORDS, chat_template=CHAT_TEMPLATE, cleanup=False, add_bos_token=True)
 
 
 def llava_processor(

@@ -1,25 +1,25 @@
 """Counting diagnostics for the embedded model: ``python -m scenes.counting``.
 
-Counting was the hardest of the embedded model's quality targets (its model card), and these are the
-measurements behind each attempt at it (``scenes.train.TrainConfig``'s ``anchor_weight``,
-``count_share``, ``count_head`` and ``count_absent``):
+Counting is the hardest of the embedded model's quality targets (its model card), and these are the
+measurements that check the two parts of the recipe that serve it (``scenes.train``: the stage-1
+anchor target and the count shares of head ``COUNT_HEAD``):
 
 - ``confusion``: what the model answers to "How many {shape}s are there?" per true count, from
   the answers ``python -m scenes.evaluate --json`` wrote.
 - ``attention``: where one head of each supervised decoder layer looks from the token that
   predicts a count, per true count: its attention on ``<s>`` and on the named shape's patches.
-  The default ``--head`` is the recipe's ``TrainConfig.count_head`` (1), whose share target asks
+  The default ``--head`` is the recipe's ``scenes.train.COUNT_HEAD`` (1), whose share target asks
   for 1 / (n + 1) on ``<s>``.
 - ``anchors``: how well a stage-1 tower trained with an anchor target marks one patch per object:
   per complexity level, how often the patch its anchor head scores highest within an object is
-  that object's anchor (``scenes.data.patch_anchors``). Reads a stage-1 checkpoint
+  that object's anchor (``scenes.data.patch_anchors``). Reads a checkpoint from or after stage 1
   (``--run-dir``/checkpoint.pt), whose heads are thrown away at export.
 
 Examples::
 
     python -m scenes.evaluate --n 500 --json /tmp/eval.json && python -m scenes.counting confusion /tmp/eval.json
     python -m scenes.counting attention --model assets/models/prunelens-tiny-llava --n 200
-    python -m scenes.counting anchors runs/anchors/checkpoint.pt --rule first --n 200
+    python -m scenes.counting anchors runs/prunelens-tiny-llava/checkpoint.pt --n 200
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
-from scenes.data import ANCHOR_RULES, pack_sequences, patch_labels, patch_owners, pixel_tensor, vision_batch
+from scenes.data import pack_sequences, patch_labels, patch_owners, pixel_tensor, vision_batch
 from scenes.evaluate import COUNT_LIMIT, eval_scenes
 from scenes.generate import Scene
 from scenes.model import ModelConfig, build_model
 from scenes.tasks import Sample, count_prompt
 from scenes.tokenizer import build_tokenizer
-from scenes.train import AttentionInputs, TrainConfig, VisionHeads, feature_states, head_attention
+from scenes.train import COUNT_HEAD, AttentionInputs, VisionHeads, feature_states, head_attention
 
 __all__ = ["anchor_accuracy", "count_attention", "count_confusion", "main"]
 
@@ -63,7 +63,7 @@ def count_attention(
     tokenizer: PreTrainedTokenizerFast,
     scenes: Sequence[Scene],
     max_objects: int = COUNT_LIMIT,
-    head: int = TrainConfig.count_head,
+    head: int = COUNT_HEAD,
 ) -> dict[tuple[int, int], dict[str, float]]:
     """One head's attention at each count question's answer-predicting token, all tokens kept.
 
@@ -106,16 +106,14 @@ def count_attention(
 
 
 @torch.no_grad()
-def anchor_accuracy(
-    checkpoint: Path, scenes: Sequence[Scene], rule: str = "first", batch_size: int = 16
-) -> dict[str, dict[str, float]]:
+def anchor_accuracy(checkpoint: Path, scenes: Sequence[Scene], batch_size: int = 16) -> dict[str, dict[str, float]]:
     """Per complexity level: objects, and the share whose top-scoring patch (stage-1 anchor head,
-    over the object's own patches) is its ``rule`` anchor. ``checkpoint`` is a ``scenes.train``
-    checkpoint from or after stage 1 of a run with ``anchor_weight`` > 0."""
+    over the object's own patches) is its anchor. ``checkpoint`` is a ``scenes.train`` checkpoint
+    from or after stage 1."""
     saved = torch.load(checkpoint, weights_only=False)
-    cfg = saved.get("config", {})
-    if not cfg.get("anchor_weight"):
-        raise ValueError(f"{checkpoint}: not a checkpoint of a run with an anchor target (anchor_weight > 0)")
+    cfg = saved.get("config", {}) if isinstance(saved, dict) else {}
+    if "anchor_weight" not in cfg or "heads" not in saved:
+        raise ValueError(f"{checkpoint}: not a scenes.train checkpoint")
     model_cfg = ModelConfig(**cfg["model"])
     model = build_model(model_cfg, build_tokenizer(), seed=cfg["seed"]).eval()
     model.load_state_dict(saved["model"])
@@ -126,7 +124,7 @@ def anchor_accuracy(
         chunk = [s for s in scenes[start : start + batch_size] if s.objects]
         if not chunk:
             continue
-        batch = vision_batch(chunk, rule)
+        batch = vision_batch(chunk)
         feature, _ = feature_states(model, batch.pixels)
         logits = heads.anchor(feature[:, 1:])[..., 0]  # (B, N)
         for scene, scores, anchors in zip(chunk, logits, batch.patch_anchor, strict=True):
@@ -146,12 +144,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     conf = sub.add_parser("confusion", help="predicted against true counts, from scenes.evaluate --json")
     conf.add_argument("answers", type=Path)
     att = sub.add_parser("attention", help="one head's attention at count questions")
-    att.add_argument("--head", type=int, default=TrainConfig.count_head, help="attention head of the supervised layers")
+    att.add_argument("--head", type=int, default=COUNT_HEAD, help="attention head of the supervised layers")
     att.add_argument("--model", type=Path, default=Path("assets/models/prunelens-tiny-llava"))
     att.add_argument("--n", type=int, default=200, help="held-out scenes")
     anc = sub.add_parser("anchors", help="a stage-1 anchor head's accuracy per level")
     anc.add_argument("checkpoint", type=Path)
-    anc.add_argument("--rule", choices=ANCHOR_RULES, default="first")
     anc.add_argument("--n", type=int, default=200, help="held-out scenes")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -174,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"<s> {row['sink']:.3f} (share target {1 / (n + 1):.3f}), shape {row['shape']:.3f}"
             )
         return stats
-    stats = anchor_accuracy(args.checkpoint, eval_scenes(args.n), args.rule)
+    stats = anchor_accuracy(args.checkpoint, eval_scenes(args.n))
     for level, row in stats.items():
         print(f"{level}: {row['objects']} objects, top-scoring patch is the anchor {row['top_is_anchor']:.2f}")
     return stats

@@ -13,7 +13,7 @@ chat the model is evaluated on, while the 576 image tokens are paid for once per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -26,7 +26,6 @@ from scenes.tokenizer import IMAGE_TOKEN, PATCH_SIZE
 from scenes.vocabulary import COLORS, COMPLEXITIES, SHAPES, WORDS
 
 __all__ = [
-    "ANCHOR_RULES",
     "CLIP_MEAN",
     "CLIP_STD",
     "EVAL_SEED_BASE",
@@ -40,7 +39,6 @@ __all__ = [
     "pixel_tensor",
     "random_keep",
     "training_scene",
-    "visible_scene",
     "vision_batch",
 ]
 
@@ -120,43 +118,21 @@ def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return shape, color, word
 
 
-ANCHOR_RULES = ("first", "centre")
-"""Ways to pick one *anchor* patch per object (``patch_anchors``)."""
-
-
-def patch_anchors(scene: Scene, rule: str = "first") -> np.ndarray:
+def patch_anchors(scene: Scene) -> np.ndarray:
     """One patch per object: (N,) bool in raster order, True at each object's *anchor patch*.
 
-    Of the patches an object owns (``patch_owners``), its anchor is, with ``rule``:
-
-    - ``"first"``: the first in raster order (its top row's leftmost patch). Telling it from its
-      neighbours needs only the patches near it: none above it or to its left is the object's.
-    - ``"centre"``: the one nearest to the object's centre (ties: first in raster order), which
-      needs the whole object in view.
-
-    A tower trained to mark anchors (``scenes.train.TrainConfig.anchor_weight``) made a small,
-    medium or large object's highest-scoring patch its anchor 93 / 77 / 64 % of the time with
-    ``"first"`` after 1500 steps (87 / 72 / 55 % after 500), and 83 / 43 / 7 % with ``"centre"``
-    after 800 (200 held-out scenes).
-
-    Every object owning a patch has exactly one anchor.
+    An object's anchor is the first of the patches it owns (``patch_owners``) in raster order: its
+    top row's leftmost patch. Telling it from its neighbours needs only the patches near it: none
+    above it or to its left is the object's, so a small tower learns to mark it (the model card
+    gives how often it does, and how a centre-patch rule fared). Every object owning a patch has
+    exactly one anchor.
     """
-    if rule not in ANCHOR_RULES:
-        raise ValueError(f"unknown anchor rule {rule!r}; expected one of {ANCHOR_RULES}")
     owners = patch_owners(scene)
-    side = scene.label_map.shape[0] // PATCH_SIZE
     flags = np.zeros(len(owners), dtype=bool)
-    for index, obj in enumerate(scene.objects, start=1):
+    for index in range(1, len(scene.objects) + 1):
         mine = np.flatnonzero(owners == index)
-        if not len(mine):
-            continue
-        if rule == "first":
+        if len(mine):
             flags[mine[0]] = True
-            continue
-        rows, cols = np.divmod(mine, side)
-        cx, cy = obj.center
-        dist = (rows + 0.5 - cy / PATCH_SIZE) ** 2 + (cols + 0.5 - cx / PATCH_SIZE) ** 2
-        flags[mine[int(np.argmin(dist))]] = True
     return flags
 
 
@@ -176,21 +152,6 @@ def random_keep(rng: np.random.Generator, grid: tuple[int, int], min_keep: int =
     yx = np.stack(np.divmod(np.arange(n), cols), axis=1)  # (N, 2)
     dist = np.linalg.norm(yx[:, None, :] - centres[None], axis=2).min(axis=1)  # (N,)
     return np.sort(np.argsort(dist, kind="stable")[:k])
-
-
-def visible_scene(scene: Scene, keep: np.ndarray) -> Scene | None:
-    """``scene`` restricted to what the kept patches show, or ``None`` if they show nothing.
-
-    Objects stay when at least one kept patch is theirs (``patch_owners``); a word stays when one
-    of its patches is kept. Answers computed from the result describe only visible evidence.
-    """
-    owners = set(patch_owners(scene)[keep].tolist())
-    objects = tuple(o for i, o in enumerate(scene.objects, start=1) if i in owners)
-    if scene.text is not None:
-        return scene if TEXT_ID in owners else None
-    if not objects:
-        return None
-    return replace(scene, objects=objects)
 
 
 @dataclass(frozen=True)
@@ -214,8 +175,8 @@ class VisionBatch:
     patch_anchor: torch.Tensor
 
 
-def vision_batch(scenes: Sequence[Scene], anchor_rule: str = "first") -> VisionBatch:
-    """Stack the stage-1 targets of ``scenes`` (anchors by ``anchor_rule``, see ``patch_anchors``)."""
+def vision_batch(scenes: Sequence[Scene]) -> VisionBatch:
+    """Stack the stage-1 targets of ``scenes``."""
     n_pairs = len(SHAPES) * len(COLORS)
     presence = torch.zeros(len(scenes), n_pairs + len(SHAPES))
     word = torch.zeros(len(scenes), dtype=torch.long)
@@ -234,7 +195,7 @@ def vision_batch(scenes: Sequence[Scene], anchor_rule: str = "first") -> VisionB
         patch_shape=torch.from_numpy(np.stack([lab[0] for lab in labels])),
         patch_color=torch.from_numpy(np.stack([lab[1] for lab in labels])),
         patch_word=torch.from_numpy(np.stack([lab[2] for lab in labels])),
-        patch_anchor=torch.from_numpy(np.stack([patch_anchors(s, anchor_rule) for s in scenes])),
+        patch_anchor=torch.from_numpy(np.stack([patch_anchors(s) for s in scenes])),
     )
 
 
@@ -275,8 +236,6 @@ def pack_sequences(
     sample_lists: Sequence[Sequence[Sample]],
     image_tokens: int | Sequence[int],
     patch_targets: Sequence[tuple[np.ndarray, ...]] | None = None,
-    *,
-    count_absent: bool = False,
 ) -> PackedBatch:
     """Pack one image prefix + its samples per row, following the chat template token for token.
 
@@ -293,16 +252,14 @@ def pack_sequences(
     the group's patches. Questions whose object is absent have none.
 
     A row's targets may carry a fourth array of *count units* over its kept patches: the owning
-    object's number (as in ``patch_owners``) on the patches a count should look at, 0 elsewhere;
-    ``patch_owners`` itself (every patch of an instance) or its values on ``patch_anchors`` only
-    (one patch per instance). Then a count question whose shape is present becomes a *share*
-    query: the head must give ``<s>`` and each of the n instances of the shape an equal share of
-    its attention (``ground_share``), an instance's share split evenly over its unit patches, so
-    what it reads mixes ``<s>`` and the shape in the ratio 1 : n and n can be read from the mixture.
-    A plain mass target over the shape's patches cannot carry n: attention averages whatever it
-    lands on, and the average of one star's patches looks like that of two stars'. With
-    ``count_absent``, a count question about a shape the row's kept patches do not show (n = 0)
-    is a share query too, all of it on ``<s>``; otherwise it has no grounding query.
+    object's number (as in ``patch_owners``) on the patches a count should look at, 0 elsewhere
+    (training uses its values on ``patch_anchors``: one patch per instance). Then a count question
+    becomes a *share* query: the head must give ``<s>`` and each of the n instances of the shape
+    an equal share of its attention (``ground_share``), an instance's share split evenly over its
+    unit patches, so what it reads mixes ``<s>`` and the shape in the ratio 1 : n and n can be read
+    from the mixture; for a shape the row does not show (n = 0), all of it on ``<s>``. A plain mass
+    target over the shape's patches cannot carry n: attention averages whatever it lands on, and
+    the average of one star's patches looks like that of two stars'.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
@@ -327,7 +284,7 @@ def pack_sequences(
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
             if patch_targets is not None:
                 offset = len(ids)
-                for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b], count_absent):
+                for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b]):
                     grounds.append((b, offset + at, mask, share))
             start = len(prefix)
             ids += q + a
@@ -380,7 +337,6 @@ def _grounding(
     prompt_ids: list[int],
     answer_ids: list[int],
     targets: tuple[np.ndarray, ...],
-    count_absent: bool = False,
 ) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
     """Grounding queries of one packed sample: (position within ``prompt_ids + answer_ids``, (K,)
     bool mask over the row's kept patches, (K,) float share of each patch for a count query or
@@ -408,7 +364,7 @@ def _grounding(
     if sample.task == "count" and len(targets) == 4 and (mask & (targets[3] > 0)).any():
         share = _instance_share(targets[3], mask & (targets[3] > 0))
         return [(len(prompt_ids) - 1, share > 0, share)]
-    if sample.task == "count" and len(targets) == 4 and count_absent and not mask.any():
+    if sample.task == "count" and len(targets) == 4 and not mask.any():
         return [(len(prompt_ids) - 1, np.zeros(len(mask), dtype=bool), np.zeros(len(mask), dtype=np.float32))]
     if named.color is not None and sample.answer == "Yes":
         mask &= color_of == 1 + _COLOR_INDEX[named.color]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scenes.generate import Scene
-from scenes.vocabulary import COLORS, CONFUSABLE, COUNT_WORDS, SHAPE_FREQUENCY, SHAPES
+from scenes.vocabulary import COLORS, COUNT_WORDS, SHAPE_FREQUENCY, SHAPES, THEMES
 from scoring import TOKENS, ChairScores, build_vocabulary, find_mentions, score_caption, words
 
 __all__ = [
@@ -43,8 +43,11 @@ __all__ = [
 CAPTION_PROMPT = "Describe the image."
 WORD_PROMPT = "What word is written in the image?"
 NEGATIVE_TYPES: tuple[str, ...] = ("random", "popular", "adversarial")
-"""POPE negative types. ``attribute`` (a present shape in a colour it does not have) is a further,
-training-and-diagnostic-only type."""
+"""POPE negative types: an absent shape drawn uniformly, the most frequent absent shape
+(``SHAPE_FREQUENCY``), and the absent shape that co-occurs most with the scene's (the highest-weight
+absent shape of its theme, ``vocabulary.THEMES``, as POPE's adversarial negatives are the objects
+that co-occur most with those present). ``attribute`` (a present shape in a colour it does not
+have) is a further, training-and-diagnostic-only type."""
 
 SCENE_VOCABULARY = build_vocabulary("scenes", {shape: () for shape in SHAPES})
 """The shapes as object categories, singular and plural (``scoring.plural``: ``shape + "s"`` for each
@@ -203,11 +206,10 @@ def make_samples(scene: Scene, rng: np.random.Generator) -> list[Sample]:
         popular = next(s for s in _POPULARITY if s in absent)
         samples.append(Sample("exists", existence_prompt(popular), "No", "popular"))
     if absent and scene.objects:
-        lures = [o for o in scene.objects if CONFUSABLE[o.shape] in absent]
-        pool = lures or list(scene.objects)
-        obj = pool[int(rng.integers(len(pool)))]
-        shape = CONFUSABLE[obj.shape] if lures else absent[int(rng.integers(len(absent)))]
-        samples.append(Sample("exists", existence_prompt(shape, obj.color), "No", "adversarial"))
+        shapes, weights, _ = THEMES[scene.theme]
+        mates = sorted((s for s in shapes if s in absent), key=lambda s: -weights[shapes.index(s)])
+        shape = mates[0] if mates else absent[int(rng.integers(len(absent)))]
+        samples.append(Sample("exists", existence_prompt(shape), "No", "adversarial"))
     if scene.objects and (question := wrong_colour_question(scene, rng)) is not None:
         samples.append(question)
 

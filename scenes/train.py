@@ -11,15 +11,18 @@ Two stages, LLaVA-style:
    ``TrainConfig.anchor_weight``), so that one token per instance says "one more". The last layer's
    pooled [CLS] gets the same presence loss so it is trained too. The heads are thrown away
    afterwards.
-2. **Instruction tuning.** The tower is frozen; the projector and the Llama decoder learn the
-   canonical tasks (caption, existence, colour, counting, word) with the loss on answer tokens only,
-   using shared-prefix packing (``scenes.data.pack_sequences``). Half the images keep only a random
-   subset of their visual tokens (answers then describe what those patches show), so the decoder
-   copes with pruned inputs of any length. A grounding loss makes head 0 of every decoder layer
-   after the first look at the object a question or caption phrase is about
-   (``TrainConfig.ground_weight``), and head 1 share its attention equally between ``<s>`` and the
-   anchor of every instance a count question names (``TrainConfig.count_share``), so the count is
-   in what that head reads. The loss shapes only training; the exported model is a plain LLaVA.
+2. **Instruction tuning, as LLaVA does it.** The tower is frozen; the projector and the Llama
+   decoder learn the canonical tasks (caption, existence, colour, counting, word) with the loss on
+   answer tokens only, using shared-prefix packing (``scenes.data.pack_sequences``). The target is
+   always the full image's answer. As regularisation, ``TrainConfig.token_dropout`` of the images
+   keep only a random subset of their visual tokens with the *same* full-image answers (never
+   answers rewritten to the kept patches), so the decoder meets inputs of any length and, where
+   evidence is missing, answers from what it has learnt co-occurs, as an LVLM's language prior
+   does. A grounding loss makes head 0 of every decoder layer after the first look at the object
+   a question or caption phrase is about (``TrainConfig.ground_weight``), and head ``COUNT_HEAD``
+   share its attention equally between ``<s>`` and the anchor patch of every instance a count
+   question names (all of it on ``<s>`` for an absent shape), so the count is in what that head
+   reads. The loss shapes only training; the exported model is a plain LLaVA.
 
 Every scene is drawn on the fly from the step number, so the run is a pure function of the seed and
 ``--resume`` continues from the last checkpoint in ``--run-dir`` exactly. The result is saved with
@@ -27,7 +30,7 @@ Every scene is drawn on the fly from the step number, so the run is a pure funct
 
 Examples::
 
-    python -m scenes.train                       # the shipped weights (1 h 36 min on 2 CPU cores)
+    python -m scenes.train --threads 2           # the shipped weights (see the model card for the time)
     python -m scenes.train --resume              # continue an interrupted run
     python -m scenes.train --smoke --out /tmp/m  # a tiny model, a few steps per stage
     python -m scenes.train --steps 300 --out /tmp/m --run-dir /tmp/r  # a short pilot of the recipe
@@ -51,7 +54,6 @@ from torch import nn
 from tqdm import tqdm
 
 from scenes.data import (
-    ANCHOR_RULES,
     PackedBatch,
     VisionBatch,
     pack_sequences,
@@ -61,7 +63,6 @@ from scenes.data import (
     pixel_tensor,
     random_keep,
     training_scene,
-    visible_scene,
     vision_batch,
 )
 from scenes.generate import Scene
@@ -71,6 +72,7 @@ from scenes.tokenizer import build_processor, build_tokenizer
 from scenes.vocabulary import COLORS, SHAPES, WORDS
 
 __all__ = [
+    "COUNT_HEAD",
     "AttentionInputs",
     "TrainConfig",
     "VisionHeads",
@@ -81,6 +83,7 @@ __all__ = [
     "main",
     "sincos_positions",
     "text_loss",
+    "text_row",
     "train",
     "wrong_colour_questions",
 ]
@@ -88,81 +91,30 @@ __all__ = [
 DEFAULT_NAME = "prunelens-tiny-llava"
 STAGE1_SEED_BASE = 0
 STAGE2_SEED_BASE = 50_000_000
+COUNT_HEAD = 1
+"""The decoder attention head whose attention the count share queries supervise (head 0 serves the
+other grounding queries: sharing it made wrong-colour questions get "Yes", the model card)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a run.
+    """Everything that determines a run (the model card gives what each part of the recipe measured).
 
     Attributes:
         model: architecture sizes.
         seed: initialisation seed (data seeds come from the step number).
         vision_steps, vision_batch, vision_lr: stage 1 schedule.
-        text_steps, text_batch, text_lr: stage 2 schedule. With 2400 text steps the full recipe run
-            from scratch counted 0.788 on scenes with at most 6 objects; with 3000 (5772 s in all on
-            the 2-core CPU) 0.812, and every other quality target was met (the model card).
+        text_steps, text_batch, text_lr: stage 2 schedule.
         max_samples: task segments packed per image in stage 2 (caption always included). Packing
             is cheap next to the 576 image tokens, so the default packs every sample of a scene.
-        sample_weighting: weigh every sample equally in the stage-2 loss (a caption's tokens share
-            one sample's weight) instead of every answer token equally. With token weighting the
-            long captions dominate and the one-word answers, which need the question bound to the
-            image, sat at chance for the first 900 steps of a full run.
-        drop_prob: stage-2 chance that an image keeps only a random subset of its visual tokens
-            (``scenes.data.random_keep``), its answers then describing only what the kept patches
-            show, so the decoder copes with pruned inputs of any size.
-        ground_weight: weight of the stage-2 grounding loss (``grounding_loss``): head 0 of every
-            decoder layer after the first must put its attention, from a token that asks or
-            tells about an object, on that object's patches. Without it the decoder answered
-            shape questions from any object's patches (the attention of a 3000-step run went to
-            objects but not to the named one), so colour stayed at 0.50 and wrong-colour
-            questions got "Yes" 99 % of the time.
-        anchor_weight: weight of a stage-1 per-patch target, "is this object patch its object's
-            anchor patch" (``scenes.data.patch_anchors``), so that the tower marks one patch per
-            instance for ``count_share="anchors"``. 0 turns it off.
-        anchor_rule: which patch is an object's anchor (``scenes.data.ANCHOR_RULES``).
-        count_share: ``"anchors"`` (the default), ``"instances"`` or None (off): on images that
-            keep all their tokens, ground count questions with a share target instead
-            (``scenes.data.pack_sequences``): ``<s>`` and every instance of the named shape get
-            an equal share of the head's attention, spread over the instance's patches or put on
-            its anchor patch, so the count is in what the head reads. With the plain mass target
-            the model counts by the shape's area: 44 % right on two objects and 10 % on three
-            (counting 0.73 on 500 held-out scenes). ``"instances"`` did not help (0.726 with a
-            tower trained without anchors; head 0 gave ``<s>`` 0.34 of its attention for one object and 0.27 for
-            two, against 0.50 and 0.33 asked): the share of an instance's patches depends on its
-            area, which the head cannot read. ``"anchors"`` needs a tower that marks anchors: a
-            tower without ``anchor_weight`` does not (an MLP probe on its patches finds centre patches with precision
-            0.35), and one trained to mark centres missed them on large objects (``patch_anchors``).
-            With ``anchor_weight=1.0, anchor_rule="first", count_share="anchors"`` counting rose to
-            0.791 on 500 held-out scenes (two objects 49/75 right, from 33/75) and colour to 1.000,
-            but wrong-colour questions got "Yes" 99.7 % of the time (0.36 without count shares): head 0 serves
-            every grounding query, and its ``<s>`` share leaks into existence questions.
-        count_head: which attention head of the supervised decoder layers the count share queries
-            supervise (``grounding_loss``). 0 shares head 0 with the other grounding queries; any
-            other head leaves head 0's mass targets to colour and existence questions alone and
-            asks the share of that head only. A full run with ``count_head=1`` (anchors as above;
-            4818 s on the 2-core CPU) brought wrong-colour "No" back to 0.477 but counting fell to
-            0.674: shapes the image lacks were counted as 1 or more 31 times in 102 (see
-            ``count_absent``), and three objects were still mostly counted as two (2 of 29 right),
-            although head 1 learned the shares (``<s>`` 0.41 / 0.31 for one / two objects, asked
-            0.50 / 0.33; ``python -m scenes.counting attention --head 1``).
-        count_absent: with ``count_share``, ground count questions about a shape the image does
-            not show as well: all of the count head's attention on ``<s>``
-            (``scenes.data.pack_sequences``). Without it they have no target, and with
-            ``count_head=1`` a full run answered 1 or more to 31 of 102 such questions on held-out
-            scenes (without count shares: 2 of 102). With it (and ``wrong_colour_questions=2``),
-            all 102 right; see ``wrong_colour_questions`` for that run.
+            Every sample weighs the same in the loss, a caption's tokens sharing one sample's weight.
+        token_dropout: stage-2 share of images that keep only a random subset of their visual tokens
+            (``scenes.data.random_keep``) while their answers stay the full image's.
+        ground_weight: weight of the stage-2 grounding loss (``grounding_loss``).
+        anchor_weight: weight of the stage-1 per-patch target "is this object patch its object's
+            anchor patch" (``scenes.data.patch_anchors``), which the count shares read.
         wrong_colour_questions: wrong-colour existence questions ("Is there a purple star?" when
-            the star is green; answer "No") per stage-2 scene. ``make_samples`` asks one, against
-            two coloured positives, so a model that cannot check the colour still gets two of
-            three right by answering "Yes"; each one above 1 is another, appended to the scene's
-            samples (``wrong_colour_questions()``). Stage 2 with ``count_share="anchors",
-            count_head=1, count_absent=True, wrong_colour_questions=2`` on the tower of
-            ``anchor_weight=1.0, anchor_rule="first"`` (3609 s; ``--vision-from``) met every target
-            of the model card on 500 held-out scenes: counting ≤ 6 objects 0.807 (two objects 39/75 right,
-            three 9/29), wrong-colour "No" 0.835 (0.637 without count shares), existence 0.992, recall 0.917,
-            CHAIR_i 0.020, CHAIR_s 0.038, colour 0.997, word 0.936. The same settings from scratch
-            gave 0.788 at 2400 text steps and 0.812 at 3000 (``text_steps``).
-        sincos_init: initialise the tower's position embeddings with ``sincos_positions``.
+            the star is green; answer "No") per stage-2 scene, against two coloured positives.
         warmup: fraction of each stage's steps with linear warm-up (then cosine decay).
         checkpoint_every: steps between checkpoints.
     """
@@ -176,16 +128,10 @@ class TrainConfig:
     text_batch: int = 8
     text_lr: float = 1e-3
     max_samples: int = 16
-    sample_weighting: bool = True
-    drop_prob: float = 0.5
+    token_dropout: float = 0.3
     ground_weight: float = 0.5
     anchor_weight: float = 1.0
-    anchor_rule: str = "first"
-    count_share: str | None = "anchors"
-    count_head: int = 1
-    count_absent: bool = True
     wrong_colour_questions: int = 2
-    sincos_init: bool = True
     warmup: float = 0.05
     checkpoint_every: int = 100
 
@@ -211,10 +157,10 @@ SMOKE = TrainConfig(
 
 
 class VisionHeads(nn.Module):
-    """Stage-1 probes: presence/word from [CLS], shape/colour/word class per patch, and with
-    ``anchor_weight`` > 0 whether an object patch is its object's anchor patch."""
+    """Stage-1 probes: presence/word from [CLS], shape/colour/word class per patch, and whether an
+    object patch is its object's anchor patch (weighted by ``anchor_weight``)."""
 
-    def __init__(self, width: int, anchor_weight: float = 0.0) -> None:
+    def __init__(self, width: int, anchor_weight: float = 1.0) -> None:
         super().__init__()
         self.anchor_weight = anchor_weight
         n_presence = len(SHAPES) * len(COLORS) + len(SHAPES)
@@ -222,7 +168,7 @@ class VisionHeads(nn.Module):
         self.pooled_presence = nn.Linear(width, n_presence)
         self.word = nn.Linear(width, 1 + len(WORDS))
         self.patch = nn.Linear(width, (1 + len(SHAPES)) + (1 + len(COLORS)) + (1 + len(WORDS)))
-        self.anchor = nn.Linear(width, 1) if anchor_weight > 0 else None
+        self.anchor = nn.Linear(width, 1)
 
     def loss(self, feature: torch.Tensor, pooled: torch.Tensor, batch: VisionBatch) -> dict[str, torch.Tensor]:
         """Losses from feature-layer states (B, 1 + N, C) and the pooled last-layer [CLS] (B, C)."""
@@ -242,8 +188,7 @@ class VisionHeads(nn.Module):
             "patch_shape": _masked_ce(shape_logits, batch.patch_shape, batch.patch_shape > 0),
             "patch_word": _masked_ce(word_logits, batch.patch_word, batch.patch_word > 0),
         }
-        if self.anchor is not None:
-            losses["patch_anchor"] = self.anchor_weight * anchor_loss(self.anchor(patches)[..., 0], batch)
+        losses["patch_anchor"] = self.anchor_weight * anchor_loss(self.anchor(patches)[..., 0], batch)
         return losses
 
 
@@ -298,15 +243,14 @@ def text_loss(
     features: torch.Tensor,
     batch: PackedBatch,
     *,
-    sample_weighting: bool = False,
     ground_weight: float = 0.0,
-    count_head: int = 0,
+    count_head: int = COUNT_HEAD,
     parts: dict[str, float] | None = None,
 ) -> torch.Tensor:
-    """Answer-token cross-entropy of a packed batch: the token mean, or with ``sample_weighting`` the
-    mean over samples of each sample's token mean; plus ``ground_weight`` times the grounding loss
-    (``grounding_loss``) when the batch has grounding queries; count share queries supervise head
-    ``count_head``.
+    """Answer-token cross-entropy of a packed batch, the mean over samples of each sample's token
+    mean (``PackedBatch.weights``), so a one-word answer counts as much as a whole caption; plus
+    ``ground_weight`` times the grounding loss (``grounding_loss``) when the batch has grounding
+    queries; count share queries supervise head ``count_head``.
 
     ``features`` are the kept feature-layer patch states of all rows concatenated, (T, C) with T the
     number of image tokens in ``batch`` (row by row, raster order within a row). ``parts``, when
@@ -325,11 +269,8 @@ def text_loss(
         ).last_hidden_state  # (B, L, D)
     keep = batch.labels != -100  # (B, L)
     logits = model.lm_head(hidden[keep])  # (T, V)
-    if not sample_weighting:
-        loss = nnf.cross_entropy(logits, batch.labels[keep])
-    else:
-        weights = batch.weights[keep]  # (T,), summing to the number of samples
-        loss = (nnf.cross_entropy(logits, batch.labels[keep], reduction="none") * weights).sum() / weights.sum()
+    weights = batch.weights[keep]  # (T,), summing to the number of samples
+    loss = (nnf.cross_entropy(logits, batch.labels[keep], reduction="none") * weights).sum() / weights.sum()
     if parts is not None:
         parts["text"] = loss.item()
     if grounded:
@@ -441,6 +382,31 @@ def wrong_colour_questions(scene: Scene, rng: np.random.Generator, n: int) -> li
     return [q for q in questions if q is not None]
 
 
+def text_row(scene: Scene, cfg: TrainConfig) -> tuple[list[Sample], np.ndarray, tuple[np.ndarray, ...]]:
+    """One stage-2 row of ``scene``: its samples, the kept patch indices (K,) and the kept patches'
+    grounding targets (``scenes.data.pack_sequences``).
+
+    With probability ``cfg.token_dropout`` only a random subset of the patches is kept
+    (``scenes.data.random_keep``); the samples are the full image's either way (the caption first,
+    then up to ``cfg.max_samples - 1`` others in random order, then the extra wrong-colour
+    questions), as LLaVA's targets never describe a pruned input. Rows that keep every patch ground
+    their count questions on the instances' anchor patches. A pure function of ``scene.seed``.
+    """
+    rows, cols = grid_size()
+    rng = np.random.default_rng([scene.seed, 0x7A5C])
+    keep = np.arange(rows * cols)
+    if rng.random() < cfg.token_dropout:
+        keep = random_keep(rng, (rows, cols))
+    samples = make_samples(scene, rng)
+    caption, rest = samples[0], samples[1:]
+    order = rng.permutation(len(rest))[: cfg.max_samples - 1]
+    extra = wrong_colour_questions(scene, rng, cfg.wrong_colour_questions - 1)
+    labels = patch_labels(scene)
+    if len(keep) == rows * cols:
+        labels = (*labels, np.where(patch_anchors(scene), patch_owners(scene), 0))
+    return [caption] + [rest[i] for i in order] + extra, keep, tuple(part[keep] for part in labels)
+
+
 def feature_states(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(feature-layer states (B, 1 + N, C), pooled last-layer [CLS] (B, C)) of the vision tower."""
     out = model.model.vision_tower(pixels, output_hidden_states=True)
@@ -481,16 +447,14 @@ def train(
     same ones is bit for bit what stage 1 would make, and a stage-2 change need not redo it.
     Returns ``{"history", "wall_time_s", "done"}``.
     """
-    if cfg.count_share not in (None, "instances", "anchors"):
-        raise ValueError(f"count_share must be None, 'instances' or 'anchors', got {cfg.count_share!r}")
-    if cfg.anchor_rule not in ANCHOR_RULES:
-        raise ValueError(f"anchor_rule must be one of {ANCHOR_RULES}, got {cfg.anchor_rule!r}")
-    if cfg.anchor_weight < 0:
-        raise ValueError(f"anchor_weight must be >= 0, got {cfg.anchor_weight}")
+    if cfg.anchor_weight <= 0:
+        raise ValueError(f"anchor_weight must be > 0 (the count shares read the anchors), got {cfg.anchor_weight}")
     if cfg.wrong_colour_questions < 1:
         raise ValueError(f"wrong_colour_questions must be >= 1, got {cfg.wrong_colour_questions}")
-    if not 0 <= cfg.count_head < cfg.model.text_heads:
-        raise ValueError(f"count_head must be in [0, {cfg.model.text_heads}), got {cfg.count_head}")
+    if not 0 <= cfg.token_dropout <= 1:
+        raise ValueError(f"token_dropout must be in [0, 1], got {cfg.token_dropout}")
+    if cfg.model.text_heads <= COUNT_HEAD:
+        raise ValueError(f"the decoder needs more than {COUNT_HEAD} attention heads, got {cfg.model.text_heads}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     tokenizer = build_tokenizer()
@@ -513,7 +477,7 @@ def train(
         model.model.vision_tower.load_state_dict(_exported_tower(vision_from))
         state["stage"] = 2
     rows, cols = grid_size()
-    if cfg.sincos_init and state["stage"] == 1 and state["step"] == 0:
+    if state["stage"] == 1 and state["step"] == 0:
         with torch.no_grad():
             model.model.vision_tower.embeddings.position_embedding.weight.copy_(
                 sincos_positions((rows, cols), cfg.model.vision_hidden)
@@ -585,27 +549,11 @@ def train(
             feature, _ = feature_states(model, pixel_tensor(scenes))  # (B, 1 + N, C)
         sample_lists, kept, targets = [], [], []
         for b, scene in enumerate(scenes):
-            rng = np.random.default_rng([scene.seed, 0x7A5C])
-            view, keep = scene, np.arange(rows * cols)
-            if rng.random() < cfg.drop_prob:
-                keep = random_keep(rng, (rows, cols))
-                view = visible_scene(scene, keep)
-                if view is None:  # the kept patches show nothing: train this row on all tokens
-                    view, keep = scene, np.arange(rows * cols)
-            samples = make_samples(view, rng)
-            caption, rest = samples[0], samples[1:]
-            order = rng.permutation(len(rest))[: cfg.max_samples - 1]
-            extra = wrong_colour_questions(view, rng, cfg.wrong_colour_questions - 1)
-            sample_lists.append([caption] + [rest[i] for i in order] + extra)
+            samples, keep, patch_targets = text_row(scene, cfg)
+            sample_lists.append(samples)
             kept.append(feature[b, 1:][torch.from_numpy(keep)])  # (K_b, C)
-            labels = patch_labels(scene)
-            if cfg.count_share is not None and len(keep) == rows * cols:
-                units = patch_owners(scene)  # count questions become share queries
-                if cfg.count_share == "anchors":
-                    units = np.where(patch_anchors(scene, cfg.anchor_rule), units, 0)
-                labels = (*labels, units)
-            targets.append(tuple(part[keep] for part in labels))
-        batch = pack_sequences(tokenizer, sample_lists, [len(k) for k in kept], targets, count_absent=cfg.count_absent)
+            targets.append(patch_targets)
+        batch = pack_sequences(tokenizer, sample_lists, [len(k) for k in kept], targets)
         for group in optimizer.param_groups:
             group["lr"] = cfg.text_lr * _lr_factor(step, cfg.text_steps, cfg.warmup)
         parts: dict[str, float] = {}
@@ -613,9 +561,7 @@ def train(
             model,
             torch.cat(kept),
             batch,
-            sample_weighting=cfg.sample_weighting,
             ground_weight=cfg.ground_weight,
-            count_head=cfg.count_head,
             parts=parts,
         )
         optimizer.zero_grad(set_to_none=True)
@@ -660,14 +606,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="steps of each stage (a short run)")
     parser.add_argument("--vision-steps", type=int, default=None)
     parser.add_argument("--text-steps", type=int, default=None)
-    parser.add_argument("--anchor-weight", type=float, default=None, help="stage-1 anchor target; 0 turns it off")
-    parser.add_argument("--anchor-rule", choices=ANCHOR_RULES, default=None)
-    parser.add_argument("--count-share", choices=("instances", "anchors", "none"), default=None)
-    parser.add_argument("--count-head", type=int, default=None, help="decoder head of the count shares")
-    parser.add_argument(
-        "--count-absent", action=argparse.BooleanOptionalAction, default=None, help="count shares for absent shapes"
-    )
-    parser.add_argument("--wrong-colour-questions", type=int, default=None, help="per stage-2 scene")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps (resumable)")
     parser.add_argument("--no-progress", action="store_true")
@@ -684,18 +622,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = replace(cfg, vision_steps=args.vision_steps)
     if args.text_steps is not None:
         cfg = replace(cfg, text_steps=args.text_steps)
-    if args.anchor_weight is not None:
-        cfg = replace(cfg, anchor_weight=args.anchor_weight)
-    if args.anchor_rule is not None:
-        cfg = replace(cfg, anchor_rule=args.anchor_rule)
-    if args.count_share is not None:
-        cfg = replace(cfg, count_share=None if args.count_share == "none" else args.count_share)
-    if args.count_head is not None:
-        cfg = replace(cfg, count_head=args.count_head)
-    if args.count_absent is not None:
-        cfg = replace(cfg, count_absent=args.count_absent)
-    if args.wrong_colour_questions is not None:
-        cfg = replace(cfg, wrong_colour_questions=args.wrong_colour_questions)
     return train(
         cfg,
         args.out,

@@ -11,7 +11,7 @@ evaluation and the analysis CLI read answers differently (word boundaries, first
 pooling, normalising), both rules are here, named, and each caller keeps its own.
 """
 
-from .answers import exact_match, first_word, normalize_answer, normalize_words, same_answer, words
+from .answers import exact_match, first_word, normalize_answer, normalize_words, same_answer, word_overlap, words
 from .chair import CaptionScore, ChairScores, chair_rates, score_caption
 from .mentions import (
     CORRECT,
@@ -57,6 +57,7 @@ __all__ = [
     "pope_scores",
     "same_answer",
     "score_caption",
+    "word_overlap",
     "words",
     "yes_no",
     "yes_no_accuracy",

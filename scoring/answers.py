@@ -9,9 +9,10 @@ spaces; the analysis CLI) drops all punctuation.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 
-__all__ = ["exact_match", "first_word", "normalize_answer", "normalize_words", "same_answer", "words"]
+__all__ = ["exact_match", "first_word", "normalize_answer", "normalize_words", "same_answer", "word_overlap", "words"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _LETTERS = re.compile(r"[a-z]+")
@@ -56,3 +57,18 @@ def exact_match(
         return 0.0
     hits = sum(same_answer(p, a, normalize=normalize) for p, a in zip(predictions, answers, strict=True))
     return hits / len(answers)
+
+
+def word_overlap(prediction: str, reference: str) -> float:
+    """Token-level F1 of two answers: their shared ``words`` (as multisets) against both lengths.
+
+    1.0 for the same words in any order, 0.0 when none is shared; two empty answers overlap fully.
+
+    >>> word_overlap("A red circle.", "a red square")
+    0.6666666666666666
+    """
+    a, b = Counter(words(prediction)), Counter(words(reference))
+    if not a and not b:
+        return 1.0
+    shared = sum((a & b).values())
+    return 2 * shared / (sum(a.values()) + sum(b.values()))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.analysis.config import parse_config
-from app.analysis.report import _task_table, summarise
+from app.analysis.report import _disagreement, _task_table, summarise
 from app.analysis.results import read_rows
 from app.analysis.run import run_analysis
 from app.analysis.scoring import aggregate, chair_scores, pope_scores, score_answer
@@ -110,6 +110,14 @@ def test_cli_end_to_end_six_scenes(tmp_path, runner):
         assert (Path(cfg.output) / name).stat().st_size > 0
     summary = (Path(cfg.output) / "summary.md").read_text()
     assert "Table 1" in summary and "CHAIR_s" in summary and "| attention | 4 |" in summary
+    assert "Agreement with the full model" in summary and "Methods disagree" in summary
+    full = {(r["item_id"], r["prompt"]): r["answer"] for r in rows if r["label"] == "full"}
+    for r in rows:
+        assert r["agrees"] == (r["answer"].split() == full[(r["item_id"], r["prompt"])].split())
+        assert 0.0 <= r["overlap"] <= 1.0 and (r["overlap"] == 1.0 or not r["agrees"])
+        if r["task"] == "caption":  # built-in scenes: exact objects, so attributes are scored
+            assert isinstance(r["attribute_errors"], list) and r["present_mentions"] >= len(r["attribute_errors"])
+            assert r["full_length"] == len(full[(r["item_id"], r["prompt"])].split())
     # a rerun finds everything done and adds nothing
     assert run_analysis(cfg, runner=runner, progress=False)["rows"] == 0
 
@@ -345,8 +353,8 @@ def test_task_table_scores_each_task_per_level():
     assert stats[("level", "attention", 8, "simple")]["task_accuracy"] == {"color": 2 / 3, "count": 0.0}
     lines = _task_table(stats, ["full", "attention"], [8], ["complex", "simple"])
     table = "\n".join(lines)
-    assert "| attention | 8 | simple | 1.00 | – | – | – | – | 66.7 | 0.0 |" in table
-    assert "| attention | 8 | complex | 1.00 | 50.0 | – | – | – | – | – |" in table
+    assert "| attention | 8 | simple | 1.00 | – | – | – | – | – | – | – | 66.7 | 0.0 |" in table
+    assert "| attention | 8 | complex | 1.00 | 50.0 | – | – | – | – | – | – | – | – |" in table
 
 
 def test_wrong_colour_questions_are_scored_apart_from_pope():
@@ -359,3 +367,47 @@ def test_wrong_colour_questions_are_scored_apart_from_pope():
     agg = aggregate(rows)
     assert agg["pope"]["accuracy"] == 1.0
     assert agg["task_accuracy"] == {"wrong colour": 0.0}
+
+
+def test_attribute_length_and_agreement_scores_hand_computed():
+    from app.analysis.run import _caption_extras
+    from app.analysis.sources import Item
+
+    item = Item("s", lambda: None, (), truth=("circle", "star"), objects=(("circle", "red"), ("star", "blue")))
+    # "two red circles": wrong count; "a green star": wrong colour; "a heart": absent (CHAIR's business)
+    wrong = _caption_extras(
+        "Two red circles, a green star and a heart.", "A red circle and a blue star.", item, SCENE_VOCABULARY
+    )
+    assert wrong == {"full_length": 7, "attribute_errors": wrong["attribute_errors"], "present_mentions": 2}
+    assert len(wrong["attribute_errors"]) == 2 and "not 2" in wrong["attribute_errors"][0]
+    right = _caption_extras("A red circle and a blue star.", "A red circle and a blue star.", item, SCENE_VOCABULARY)
+    assert right["attribute_errors"] == [] and right["present_mentions"] == 2
+    rows = [
+        {"task": "caption", "mentioned": ["circle", "heart", "star"], "hallucinated": ["heart"], "recall": 1.0,
+         "length": 8, **wrong, "agrees": False, "overlap": 0.5},
+        {"task": "caption", "mentioned": ["circle", "star"], "hallucinated": [], "recall": 1.0,
+         "length": 7, **right, "agrees": True, "overlap": 1.0},
+    ]  # fmt: skip
+    scores = chair_scores(rows)
+    assert scores["attr_i"] == pytest.approx(2 / 4) and scores["attr_s"] == pytest.approx(1 / 2)
+    assert scores["any_s"] == pytest.approx(1 / 2) and scores["length_ratio"] == pytest.approx(15 / 14)
+    agg = aggregate(rows)
+    assert agg["agreement"] == pytest.approx(0.5) and agg["overlap"] == pytest.approx(0.75)
+    # COCO rows have no exact objects: no attribute scores, rather than zeros
+    coco = [{k: v for k, v in r.items() if k not in ("attribute_errors", "present_mentions")} for r in rows]
+    assert chair_scores(coco)["attr_i"] is None and chair_scores(coco)["any_s"] is None
+
+
+def test_disagreement_counts_images_whose_method_captions_differ():
+    def row(label, item, level, answer):
+        return {"task": "caption", "label": label, "budget": 8, "item_id": item, "complexity": level, "answer": answer}
+
+    rows = [
+        row("a", "x", "simple", "A red circle."), row("b", "x", "simple", "A red circle."),
+        row("a", "y", "complex", "A red circle."), row("b", "y", "complex", "A blue star."),
+        row("a", "z", "complex", "Two stars."), row("b", "z", "complex", "Two stars."),
+        row("full", "z", "complex", "Three stars."),
+    ]  # fmt: skip
+    table = "\n".join(_disagreement(rows, ["a", "b"], [8]))
+    assert "| K | complex | simple | all |" in table and "| 8 | 50.0 | 0.0 | 33.3 |" in table
+    assert _disagreement(rows, ["a"], [8]) == []

@@ -60,7 +60,8 @@ def _score(agg: dict[str, Any]) -> float | None:
 def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budgets: Sequence[Any], levels) -> list[str]:
     """Every task's own score per method, budget and built-in scene level (%, kept erank as is)."""
     tasks = sorted({t for a in stats.values() for t in a["task_accuracy"]})
-    header = ["method", "K", "level", "kept erank", "existence", "recall", "CHAIR_i", "CHAIR_s", *tasks]
+    header = ["method", "K", "level", "kept erank", "existence", "recall", "CHAIR_i", "CHAIR_s", "attr CHAIR_i"]
+    header += ["length vs full", "agreement", *tasks]
     rows = []
     for lab in labels:
         full_keys = sorted({k[2] for k in stats if k[0] == "level" and k[1] == "full"}, key=str)
@@ -80,10 +81,42 @@ def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budge
                         _fmt(chair["recall"], True),
                         _fmt(chair["chair_i"], True),
                         _fmt(chair["chair_s"], True),
+                        _fmt(chair["attr_i"], True),
+                        _fmt(chair["length_ratio"], True),
+                        _fmt(a["agreement"], True),
                         *[_fmt(a["task_accuracy"].get(t), True) for t in tasks],
                     ]
                 )
     return ["", "## Every task per built-in scene level (%)", "", _table(header, rows)]
+
+
+def _disagreement(rows: Sequence[dict[str, Any]], labels: Sequence[str], budgets: Sequence[Any]) -> list[str]:
+    """Per budget (and built-in level): the share of images whose methods' captions are not all the same."""
+    if len(labels) < 2:
+        return []
+    captions: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        if r.get("task") == "caption" and r["label"] in labels:
+            captions[(r["budget"], r.get("complexity") or "all", r["item_id"])][r["label"]] = r["answer"]
+    groups: dict[tuple, list[bool]] = defaultdict(list)
+    for (budget, level, _), by_label in captions.items():
+        if len(by_label) == len(labels):
+            differ = len(set(by_label.values())) > 1
+            groups[(budget, level)].append(differ)
+            if level != "all":
+                groups[(budget, "all")].append(differ)
+    if not groups:
+        return []
+    levels = [*sorted({lv for _, lv in groups} - {"all"}), "all"]
+    table = [
+        [b, *[_fmt(sum(g) / len(g) if (g := groups.get((b, lv))) else None, True) for lv in levels]] for b in budgets
+    ]
+    return [
+        "",
+        f"## Methods disagree: images whose captions are not all the same across {', '.join(labels)} (%)",
+        "",
+        _table(["K", *levels], table),
+    ]
 
 
 def write_reports(output: Path, config: AnalysisConfig) -> str:
@@ -130,13 +163,34 @@ def write_reports(output: Path, config: AnalysisConfig) -> str:
                     out.append([lab, "all" if b is None else b, *[_fmt(a[section][f], pct) for f, pct in fields]])
         return out
 
-    md += ["", "## Hallucination (Table 2): CHAIR_s / CHAIR_i / recall (%), mean length", ""]
-    rows_t2 = per_budget("chair", [("chair_s", True), ("chair_i", True), ("recall", True), ("length", False)])
+    md += [
+        "",
+        "## Hallucination (Table 2): CHAIR_s / CHAIR_i / recall (%), mean length",
+        "",
+        "Length vs full: total caption length over the full model's on the same images (%). On built-in",
+        "scenes, attr CHAIR_i / attr CHAIR_s count mentions of present objects with a wrong colour or count",
+        "(per mention / per caption), and any CHAIR_s the captions with a wrong object or attribute.",
+        "",
+    ]
+    t2_fields = [("chair_s", True), ("chair_i", True), ("recall", True), ("length", False), ("length_ratio", True)]
+    t2_fields += [("attr_i", True), ("attr_s", True), ("any_s", True)]
+    rows_t2 = per_budget("chair", t2_fields)
+    t2_header = ["method", "K", "CHAIR_s", "CHAIR_i", "recall", "length", "length vs full"]
+    t2_header += ["attr CHAIR_i", "attr CHAIR_s", "any CHAIR_s"]
+    md.append(_table(t2_header, rows_t2) if rows_t2 else "No caption task in this run.")
+    md += ["", "## Agreement with the full model: identical answers / word overlap (%)", ""]
     md.append(
-        _table(["method", "K", "CHAIR_s", "CHAIR_i", "recall", "length"], rows_t2)
-        if rows_t2
-        else "No caption task in this run."
+        _table(
+            ["method", "K", "identical", "word overlap"],
+            [
+                [lab, b, _fmt(a["agreement"], True), _fmt(a["overlap"], True)]
+                for lab in labels[1:]
+                for b in budgets
+                if (a := get(lab, b)) is not None
+            ],
+        )
     )
+    md += _disagreement(rows, labels[1:], budgets)
     md += ["", "## POPE / existence: accuracy / F1 / yes-ratio (%)", ""]
     rows_pope = per_budget("pope", [("accuracy", True), ("f1", True), ("yes_ratio", True)])
     md.append(

@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 import pruning
-from scenes.tasks import SCENE_VOCABULARY
-from scoring import COCO_VOCABULARY
+from scenes.tasks import SCENE_VOCABULARY, attribute_errors
+from scoring import COCO_VOCABULARY, find_mentions, normalize_words, same_answer, word_overlap
 
 from ..runtime import GenerationOptions
 from ..runtime.images import load_image
@@ -116,8 +116,11 @@ def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab:
             GenerationOptions(max_new_tokens=config.max_new_tokens),
         )
         batch_ms = (time.perf_counter() - start) * 1e3
+        full_text = gens[0].text  # variants[0] is the full model
         for (numbers, _), gen in zip(variants, gens):
             scores = score_answer(query.task, gen.text, query.gold, item.truth, vocab)
+            if query.task == "caption":
+                scores |= _caption_extras(gen.text, full_text, item, vocab)
             rows.append(
                 {
                     **base,
@@ -128,12 +131,25 @@ def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab:
                     "answer": gen.text,
                     "gold": query.gold,
                     **scores,
+                    "agrees": same_answer(gen.text, full_text, normalize=normalize_words),
+                    "overlap": word_overlap(gen.text, full_text),
                     "batch_ms": batch_ms,
                 }
             )
     for r in rows:
         r["rows_in_item"] = len(rows)
     return rows
+
+
+def _caption_extras(text: str, full_text: str, item: Item, vocab: Any) -> dict[str, Any]:
+    """A caption's length next to the full model's, and with a scene's exact objects its wrong
+    colours and counts (``scenes.tasks.attribute_errors``) among its mentions of present objects."""
+    extras: dict[str, Any] = {"full_length": len(full_text.split())}
+    if item.objects is not None:
+        present = {shape for shape, _ in item.objects}
+        extras["attribute_errors"] = list(attribute_errors(text, item.objects).values())
+        extras["present_mentions"] = sum(m.category in present for m in find_mentions(text, vocab))
+    return extras
 
 
 def run_analysis(

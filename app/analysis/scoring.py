@@ -49,19 +49,38 @@ def score_answer(task: str, answer: str, gold: str | None, truth: Iterable[str] 
 
 
 def chair_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
-    """CHAIR_s, CHAIR_i (hallucinated / all mentioned categories), recall and length of captions."""
+    """CHAIR_s, CHAIR_i (hallucinated / all mentioned categories), recall and length of captions.
+
+    Also, where the rows have them (``run``): ``length_ratio``, the captions' total length over
+    the full model's on the same images; and on built-in scenes the attribute scores: ``attr_i``,
+    mentions of present objects with a wrong colour or count over all such mentions, ``attr_s``,
+    captions with at least one, and ``any_s``, captions with a hallucinated object or attribute.
+    """
     rows = [r for r in rows if r.get("task") == "caption"]
+    empty = ("chair_s", "chair_i", "recall", "length", "length_ratio", "attr_i", "attr_s", "any_s")
     if not rows:
-        return {"n": 0, "chair_s": None, "chair_i": None, "recall": None, "length": None}
+        return {"n": 0} | dict.fromkeys(empty)
     chair_i, chair_s = chair_rates([len(r["mentioned"]) for r in rows], [len(r["hallucinated"]) for r in rows])
     recalls = [r["recall"] for r in rows if r.get("recall") is not None]
-    return {
+    full = [r["full_length"] for r in rows if r.get("full_length") is not None]
+    scores = {
         "n": len(rows),
         "chair_s": chair_s,
         "chair_i": chair_i,
         "recall": sum(recalls) / len(recalls) if recalls else None,
         "length": sum(r["length"] for r in rows) / len(rows),
+        "length_ratio": sum(r["length"] for r in rows) / sum(full) if len(full) == len(rows) and sum(full) else None,
+        "attr_i": None,
+        "attr_s": None,
+        "any_s": None,
     }
+    if all(r.get("attribute_errors") is not None for r in rows):
+        wrong = [len(r["attribute_errors"]) for r in rows]
+        mentions = sum(r["present_mentions"] for r in rows)
+        scores["attr_i"] = sum(wrong) / mentions if mentions else 0.0
+        scores["attr_s"] = sum(w > 0 for w in wrong) / len(rows)
+        scores["any_s"] = sum(w > 0 or bool(r["hallucinated"]) for w, r in zip(wrong, rows, strict=True)) / len(rows)
+    return scores
 
 
 def pope_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
@@ -77,8 +96,14 @@ def pope_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | No
     return {"n": len(rows), **pope_summary([r["pred"] for r in rows], [r["gold"] for r in rows])}
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """All the summary numbers of a group of rows (one method at one budget, say)."""
+    """All the summary numbers of a group of rows (one method at one budget, say); ``agreement`` is
+    the share of answers equal to the full model's on the same image and question, ``overlap``
+    their mean word overlap with it (``scoring.word_overlap``)."""
     other = [r for r in rows if r.get("task") not in ("caption", "exists", "pope") and "correct" in r]
     wrong_colour = [r for r in rows if r.get("task") == "exists" and r.get("kind") == WRONG_COLOUR_KIND]
     per_item = {r.get("item_id"): r for r in rows}.values()  # selection numbers once per image
@@ -94,6 +119,8 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "pope": pope_scores(rows),
         "task_accuracy": {task: sum(hits) / len(hits) for task, hits in sorted(by_task.items())},
         "other_accuracy": sum(r["correct"] for r in other) / len(other) if other else None,
+        "agreement": _mean([r["agrees"] for r in rows if r.get("agrees") is not None]),
+        "overlap": _mean([r["overlap"] for r in rows if r.get("overlap") is not None]),
         "n_other": len(other),
         "kept_erank": sum(erank) / len(erank) if erank else None,
         "retained_attention": sum(retained) / len(retained) if retained else None,

@@ -42,6 +42,8 @@ class Item:
     queries: tuple[Query, ...]
     truth: tuple[str, ...] | None = None
     complexity: str | None = None
+    objects: tuple[tuple[str, str], ...] | None = None
+    """Built-in scenes: every object's exact (category, colour), so wrong colours and counts score."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def scene_items(
                 queries=queries,
                 truth=tuple(sorted(scene.shapes)),
                 complexity=level,
+                objects=tuple((o.shape, o.color) for o in scene.objects),
             )
 
 

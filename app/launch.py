@@ -58,7 +58,8 @@ def scene_examples() -> list[Example]:
         scene = generate_scene(seed, complexity)
         shapes = tuple(sorted({o.shape for o in scene.objects}))
         prompt = "What word is written in the image?" if scene.text and not scene.objects else "Describe the image."
-        note = f"built-in scene, {complexity}, seed {seed}: {len(scene.objects)} object(s)"
+        theme = f", {scene.theme} theme" if scene.theme else ""
+        note = f"built-in scene, {complexity}, seed {seed}{theme}: {len(scene.objects)} object(s)"
         objects = tuple((o.shape, o.color) for o in scene.objects)
         out.append(
             Example(f"{complexity} #{seed}", scene.image, truth=shapes, note=note, prompt=prompt, objects=objects)

@@ -3,8 +3,10 @@
 Scenes use seeds ``EVAL_SEED_BASE + i`` (never used in training), complexity cycling through
 ``COMPLEXITIES`` so the set is balanced. Each scene gets the canonical task samples of
 ``scenes.tasks.make_samples``; the model answers greedily, and the report gives existence accuracy
-(overall and per POPE negative type), caption recall / CHAIR_i / CHAIR_s, colour accuracy, counting
-accuracy on scenes with at most 6 objects and word exact match, overall and per complexity.
+(overall and per POPE negative type), caption recall / CHAIR_i / CHAIR_s, the captions' wrong
+colours and counts (``caption_attr_i`` per mention of a present shape, ``caption_attr_s`` per
+caption), colour accuracy, counting accuracy on scenes with at most 6 objects and word exact match,
+overall and per complexity.
 
 The model runs through the app's runtime (``app.runtime``), as any user's model does: each scene
 is encoded once (``Runner.encode``), an optional ``select`` picks the visual tokens the LLM
@@ -33,9 +35,9 @@ import pruning
 from app.runtime import Encoding, GenerationOptions, Runner, load_runner
 from scenes.data import EVAL_SEED_BASE
 from scenes.generate import Scene, generate_scene
-from scenes.tasks import NEGATIVE_TYPES, Sample, chair, make_samples
+from scenes.tasks import NEGATIVE_TYPES, SCENE_VOCABULARY, Sample, attribute_errors, chair, make_samples
 from scenes.vocabulary import COMPLEXITIES
-from scoring import exact_match, yes_no_accuracy
+from scoring import exact_match, find_mentions, yes_no_accuracy
 
 __all__ = [
     "COUNT_LIMIT",
@@ -149,6 +151,11 @@ def summarize(answers: Sequence[Answer], scenes: Sequence[Scene]) -> dict[str, f
     caps = by_task["caption"]
     scores = chair([a.prediction for a in caps], [truth[a.seed] for a in caps])
     metrics |= {"caption_recall": scores.recall, "chair_i": scores.chair_i, "chair_s": scores.chair_s}
+    objects = {s.seed: [(o.shape, o.color) for o in s.objects] for s in scenes}
+    wrong = [len(attribute_errors(a.prediction, objects[a.seed])) for a in caps]
+    present = sum(sum(m.category in truth[a.seed] for m in find_mentions(a.prediction, SCENE_VOCABULARY)) for a in caps)
+    metrics["caption_attr_i"] = sum(wrong) / present if present else float("nan")
+    metrics["caption_attr_s"] = sum(w > 0 for w in wrong) / len(caps) if caps else float("nan")
     metrics["caption_exact"] = acc(caps)
     metrics["color_acc"] = acc(by_task["color"])
     metrics["count_acc_le6"] = acc([a for a in by_task["count"] if a.n_objects <= COUNT_LIMIT])

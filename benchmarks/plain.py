@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -173,6 +174,146 @@ def plain_uniform(rows: int, cols: int, k: int) -> list[int]:
     return out
 
 
+def plain_downsample(f: torch.Tensor, rows: int, cols: int, k: int) -> tuple[list[int], torch.Tensor]:
+    # pooled grid: an exact tiling p x q if one exists (aspect closest to the grid's), else k cells in bands
+    best = None
+    for p in range(1, rows + 1):
+        if k % p != 0 or rows % p != 0 or cols % (k // p) != 0:
+            continue
+        q = k // p
+        err = max(p * cols, q * rows) / min(p * cols, q * rows)
+        if best is None or err < best[0] - 1e-12:
+            best = (err, p, q)
+    cells = []
+    if best is not None:
+        _, p, q = best
+        for b in range(p):
+            for j in range(q):
+                cells.append((b * rows // p, (b + 1) * rows // p, j * cols // q, (j + 1) * cols // q))
+    else:
+        bands = round(math.sqrt(k * rows / cols))
+        bands = max(1, min(bands, rows, k))
+        bands = max(bands, math.ceil(k / cols))
+        for b in range(bands):
+            m = k // bands
+            if b < k % bands:
+                m += 1
+            for j in range(m):
+                cells.append((b * rows // bands, (b + 1) * rows // bands, j * cols // m, (j + 1) * cols // m))
+    tokens = []
+    alone = []
+    for r0, r1, c0, c1 in cells:
+        members = [r * cols + c for r in range(r0, r1) for c in range(c0, c1)]
+        tokens.append(f[torch.tensor(members)].float().mean(dim=0))
+        if len(members) == 1:
+            alone.append(members[0])
+    return sorted(alone), torch.stack(tokens)
+
+
+def plain_prumerge_plus(
+    v: torch.Tensor, a: torch.Tensor, keys: torch.Tensor, k: int, adaptive: bool = True
+) -> tuple[list[int], torch.Tensor]:
+    n = a.shape[0]
+    attn = a.double().numpy()
+    sorted_idx = torch.argsort(a, descending=True, stable=True)
+    if adaptive:
+        q1 = np.percentile(attn, 25)
+        q3 = np.percentile(attn, 75)
+        upper = q3 + 1.5 * (q3 - q1)
+        n_out = len(np.where(attn > upper)[0])
+        ratio = max(n_out, 1) / n
+        picked = [sorted_idx[i].item() for i in range(int(n * ratio))]
+        step = max(1, int(int(1 / ratio) / 3))
+        for x in range(0, n - 1, step):
+            if x not in picked:
+                picked.append(x)
+    else:
+        n_att = math.ceil((k - 1) / 2)
+        n_sp = k - 1 - n_att
+        picked = [sorted_idx[i].item() for i in range(n_att)]
+        others = [i for i in range(n) if i not in picked]
+        for j in range(n_sp):
+            picked.append(others[(2 * j + 1) * len(others) // (2 * n_sp)])
+    kept = sorted(picked)
+    kn = keys.float() / keys.float().norm(dim=1, keepdim=True)
+    v = v.float()
+    a = a.float()
+    n_nb = min(32, n - 1)
+    tokens = []
+    for i in kept:
+        rest = [j for j in range(n) if j != i]
+        sims = (kn[i : i + 1] @ kn[torch.tensor(rest)].T)[0].tolist()
+        ranked = sorted(range(len(rest)), key=lambda t: (-sims[t], rest[t]))
+        nbrs = torch.tensor([rest[t] for t in ranked[:n_nb]])
+        tokens.append(v[i] + (v[nbrs] * a[nbrs][:, None]).sum(dim=0))
+    dropped = [j for j in range(n) if j not in kept]
+    extra = torch.zeros(v.shape[1])
+    if dropped:
+        idx = torch.tensor(dropped)
+        extra = (v[idx] * a[idx][:, None]).sum(dim=0)
+    tokens.append(extra)
+    return kept, torch.stack(tokens)
+
+
+def plain_dart(f: torch.Tensor, k: int, pivots: int = 4) -> list[int]:
+    n = f.shape[0]
+    f = f.float()
+    p = min(pivots, k)
+    l1 = torch.norm(f, p=1, dim=-1)
+    pivot_list = [torch.argsort(l1, descending=True, stable=True)[i].item() for i in range(p)]
+    fn = f / f.norm(dim=1, keepdim=True)
+    selected = list(pivot_list)
+    valid = [i for i in range(n) if i not in pivot_list]
+    left = k - p
+    for r, piv in enumerate(pivot_list):
+        count = left // p + (1 if r < left % p else 0)
+        if count == 0:
+            continue
+        sims = (fn[piv : piv + 1] @ fn.T)[0].tolist()
+        ranked = sorted(valid, key=lambda j: (sims[j], j))
+        chosen = ranked[:count]
+        selected.extend(chosen)
+        valid = [j for j in valid if j not in chosen]
+    return selected
+
+
+def plain_cdpruner(
+    f: torch.Tensor, patch_embeds: torch.Tensor, text_embeds: torch.Tensor, k: int, theta: float | None = None
+) -> list[int]:
+    n = f.shape[0]
+    fn = f.float() / f.float().norm(dim=1, keepdim=True)
+    sim = fn @ fn.T
+    img = patch_embeds.float() / patch_embeds.float().norm(dim=1, keepdim=True)
+    txt = text_embeds.float() / text_embeds.float().norm(dim=1, keepdim=True)
+    rel = (-(img @ txt.T)).mean(dim=-1)
+    if rel.max().item() > rel.min().item():
+        rel = (rel - rel.min() + 1e-6) / (rel.max() - rel.min())
+    else:
+        rel = torch.ones(n)
+    if theta is not None:
+        alpha = theta / (2 * (1 - theta))
+        rel = torch.exp(alpha * rel)
+    kernel = rel[:, None] * sim * rel[None, :]
+    cis = torch.zeros(k, n)
+    di2s = torch.diagonal(kernel).clone()
+    selected = []
+    for i in range(k):
+        j = torch.argmax(di2s).item()
+        if not di2s[j].item() > 0:
+            break
+        selected.append(j)
+        eis = (kernel[j] - cis[:i, j] @ cis[:i]) / torch.sqrt(di2s[j])
+        cis[i] = eis
+        di2s = di2s - eis * eis
+        di2s[j] = -float("inf")
+    for j in range(n):
+        if len(selected) == k:
+            break
+        if j not in selected:
+            selected.append(j)
+    return selected
+
+
 def plain_select(method: str, inputs, k: int) -> list[int]:
     """The plain counterpart of ``pruning.select(method, inputs, k)``: picked indices, pick order."""
     return plain_picks(method, inputs, k).tolist()
@@ -202,4 +343,12 @@ def _plain_list(method: str, inputs, k: int) -> list[int]:
         return plain_random(a.shape[0], k)
     if method == "uniform":
         return plain_uniform(*inputs.grid, k)
+    if method == "downsample":
+        return plain_downsample(f, *inputs.grid, k)[0]
+    if method == "prumerge+":
+        return plain_prumerge_plus(v, a, inputs.keys, k)[0]
+    if method == "dart":
+        return plain_dart(f, k)
+    if method == "cdpruner":
+        return plain_cdpruner(f, inputs.patch_embeds, inputs.text_embeds, k)
     raise ValueError(f"no plain implementation of {method!r}")

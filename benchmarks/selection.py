@@ -4,7 +4,8 @@
     python -m benchmarks.selection --sizes 576 --repeats 21
 
 For each size (N tokens, D = 4096, C = 1024, K = N / 9 as LLaVA-1.5's 64 of 576) it builds a few
-synthetic encodings (clustered patches, peaked attention: see ``benchmarks/synthetic.py``), checks
+synthetic encodings (clustered patches, peaked attention: see ``benchmarks/synthetic.py``; with a
+synthetic question, ``with_query``, for the methods that need one), checks
 that ``pruning.select`` picks exactly the plain implementation's tokens on every one, and prints the
 median milliseconds per image of both, with their ratio. It exits non-zero if any selection differs.
 """
@@ -12,6 +13,7 @@ median milliseconds per image of both, with their ratio. It exits non-zero if an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -23,6 +25,22 @@ from benchmarks.plain import plain_picks, plain_select
 from benchmarks.synthetic import synthetic_inputs
 
 GRIDS = {576: (24, 24), 2880: (48, 60)}
+
+
+def with_query(inputs: pruning.PruneInputs, *, seed: int = 0, dim: int = 64, n_text: int = 2) -> pruning.PruneInputs:
+    """``inputs`` plus synthetic joint-space patch and text embeddings (E and T, for CDPruner).
+
+    E is a fixed random linear image of V (as CLIP's visual projection is one of V after its
+    layer norm); each of the ``n_text`` rows of T lies near the embedding of one random patch, so
+    relevance to the question varies over the image. Deterministic per seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    v = inputs.feats_pre.float().cpu()
+    patch = v @ (torch.randn(v.shape[1], dim, generator=g) / v.shape[1] ** 0.5)  # (N, P)
+    anchors = torch.randperm(inputs.n_tokens, generator=g)[:n_text]
+    text = patch[anchors] + 0.5 * patch.std() * torch.randn(anchors.shape[0], dim, generator=g)  # (M, P)
+    to = lambda t: t.to(device=inputs.device, dtype=inputs.feats_pre.dtype)
+    return dataclasses.replace(inputs, patch_embeds=to(patch), text_embeds=to(text))
 
 
 def _sync(device: str) -> None:
@@ -57,7 +75,9 @@ def run(sizes, device: str, repeats: int, plain_repeats: int, n_images: int) -> 
     for n in sizes:
         grid = GRIDS[n]
         k = n // 9
-        images = [synthetic_inputs(grid, 1024, 4096, seed=s, device=device) for s in range(n_images)]
+        images = [
+            with_query(synthetic_inputs(grid, 1024, 4096, seed=s, device=device), seed=s) for s in range(n_images)
+        ]
         cpu_images = [im.to("cpu") for im in images]
         for method in pruning.list_methods():
             same = all(

@@ -87,6 +87,11 @@ erank_value = Check(
     step=1.0,
 )
 optional_positive_int = Check(lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive int", "int", lo=1)
+positive_int = Check(lambda v: _is_int(v) and v >= 1, "a positive int", "int", lo=1)
+# A share strictly below 1 (CDPruner's θ: α = θ / (2(1 − θ)) is unbounded at 1), or None for none.
+optional_below_one = Check(
+    lambda v: v is None or (_is_number(v) and 0 <= v < 1), "None or a number in [0, 1)", lo=0.0, hi=0.95, step=0.05
+)
 integer = Check(_is_int, "an int", "int")
 boolean = Check(lambda v: isinstance(v, bool), "True or False", "bool")
 

@@ -1,7 +1,8 @@
 """The two records every pruning method speaks: what it selects from, and what it selected.
 
 Field names follow ``docs/methods.md``: ``feats_pre`` is V, ``feats`` is F, ``cls_attn`` is a,
-``keys`` is Kv. Both records are frozen; methods never mutate them.
+``keys`` is Kv, ``patch_embeds`` is E and ``text_embeds`` is T. Both records are frozen; methods never
+mutate them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class PruneInputs:
         grid: (rows, cols) of the patch grid, rows * cols == N, tokens in raster order.
         keys: Kv, optional (N, h) head-averaged keys of the feature layer (VisionZip).
         cls_feat: optional (C,) hidden state of [CLS] in the feature layer (VisionZip).
+        patch_embeds: E, optional (N, P) patches in the vision tower's joint image–text space: V
+            through the tower's post-layernorm and visual projection (CDPruner).
+        text_embeds: T, optional (M, P) the question's text embedding(s) in that same space, one row
+            per text segment the text tower encodes (CDPruner).
 
     Construction validates shapes, agreement of N across tensors, devices and finiteness, and
     raises ``ValueError`` naming the offending field. Zero-norm rows are only an error for the
@@ -51,6 +56,8 @@ class PruneInputs:
     grid: tuple[int, int]
     keys: torch.Tensor | None = None
     cls_feat: torch.Tensor | None = None
+    patch_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_tensor("feats_pre", self.feats_pre, 2)
@@ -75,6 +82,21 @@ class PruneInputs:
                     f"cls_feat has {self.cls_feat.shape[0]} channels but feats_pre has "
                     f"{self.feats_pre.shape[1]}: they must match"
                 )
+        if self.patch_embeds is not None:
+            _check_tensor("patch_embeds", self.patch_embeds, 2)
+            if self.patch_embeds.shape[0] != n:
+                raise ValueError(
+                    f"patch_embeds has {self.patch_embeds.shape[0]} tokens but feats has {n}: N must match"
+                )
+        if self.text_embeds is not None:
+            _check_tensor("text_embeds", self.text_embeds, 2)
+            if self.text_embeds.shape[0] < 1:
+                raise ValueError("text_embeds has no rows (M = 0): give at least one text embedding")
+            if self.patch_embeds is not None and self.text_embeds.shape[1] != self.patch_embeds.shape[1]:
+                raise ValueError(
+                    f"text_embeds has {self.text_embeds.shape[1]} channels but patch_embeds has "
+                    f"{self.patch_embeds.shape[1]}: they must share one embedding space"
+                )
         grid = tuple(self.grid) if isinstance(self.grid, (tuple, list)) else self.grid
         if (
             not isinstance(grid, tuple)
@@ -86,7 +108,7 @@ class PruneInputs:
             raise ValueError(f"grid {grid} holds {grid[0] * grid[1]} patches but there are N = {n} tokens")
         object.__setattr__(self, "grid", grid)
         device = self.feats.device
-        for name in ("feats_pre", "cls_attn", "keys", "cls_feat"):
+        for name in ("feats_pre", "cls_attn", "keys", "cls_feat", "patch_embeds", "text_embeds"):
             t = getattr(self, name)
             if t is not None and t.device != device:
                 raise ValueError(f"{name} is on {t.device} but feats is on {device}: put all inputs on one device")
@@ -108,8 +130,11 @@ class PruneInputs:
         grid: tuple[int, int],
         keys: torch.Tensor | None = None,
         cls_feat: torch.Tensor | None = None,
+        patch_embeds: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
     ) -> list[PruneInputs]:
-        """Split batched tensors (B, N, C), (B, N, D), (B, N)[, (B, N, h), (B, C)] into B inputs."""
+        """Split batched tensors (B, N, C), (B, N, D), (B, N)[, (B, N, h), (B, C), (B, N, P), (B, M, P)]
+        into B inputs."""
         if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
             raise ValueError(f"unbatch needs feats of shape (B, N, D), got {getattr(feats, 'shape', None)}")
         b = feats.shape[0]
@@ -118,6 +143,8 @@ class PruneInputs:
             ("cls_attn", cls_attn, 2),
             ("keys", keys, 3),
             ("cls_feat", cls_feat, 2),
+            ("patch_embeds", patch_embeds, 3),
+            ("text_embeds", text_embeds, 3),
         ):
             if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != ndim or t.shape[0] != b):
                 raise ValueError(
@@ -131,6 +158,8 @@ class PruneInputs:
                 grid=grid,
                 keys=None if keys is None else keys[i],
                 cls_feat=None if cls_feat is None else cls_feat[i],
+                patch_embeds=None if patch_embeds is None else patch_embeds[i],
+                text_embeds=None if text_embeds is None else text_embeds[i],
             )
             for i in range(b)
         ]
@@ -145,6 +174,8 @@ class PruneInputs:
             grid=self.grid,
             keys=move(self.keys),
             cls_feat=move(self.cls_feat),
+            patch_embeds=move(self.patch_embeds),
+            text_embeds=move(self.text_embeds),
         )
 
 

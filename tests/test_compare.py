@@ -41,7 +41,7 @@ def test_info_lists_every_method_with_calibrated_defaults(pipeline):
     assert info["n_tokens"] == 16 and info["default_budget"] == 2  # the third preset: 64 of 576, scaled
     assert "generator" not in info["params"]["random"]  # no widget holds one
     described = info["method_info"]
-    assert [m for m in info["methods"] if described[m]["replayable"]] == ["attention", "diversity", "adaptive"]
+    assert [m for m in info["methods"] if described[m]["replayable"]] == ["attention", "diversity", "adaptive", "cdpruner"]
     assert info["default_replay"] == "adaptive" and described["adaptive"]["tau_schedule"] == "tau_max"
     assert [m for m in info["methods"] if described[m]["merges"]] == ["visionzip"]
     assert described["vispruner"]["ranges"]["r"] == {

@@ -1,5 +1,7 @@
 """Bad input meets a ValueError that names the offending value; nothing is silently clipped."""
 
+import re
+
 import pytest
 import torch
 
@@ -15,12 +17,14 @@ def make(n=16, **override):
         grid=(4, n // 4),
         keys=torch.randn(n, 4, generator=g),
         cls_feat=torch.randn(8, generator=g),
+        patch_embeds=torch.randn(n, 5, generator=g),
+        text_embeds=torch.randn(2, 5, generator=g),
     )
     fields.update(override)
     return pruning.PruneInputs(**fields)
 
 
-@pytest.mark.parametrize("field", ["feats_pre", "feats", "cls_attn", "keys", "cls_feat"])
+@pytest.mark.parametrize("field", ["feats_pre", "feats", "cls_attn", "keys", "cls_feat", "patch_embeds", "text_embeds"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_values_are_named(field, bad):
     tensor = getattr(make(), field).clone()
@@ -29,7 +33,9 @@ def test_non_finite_values_are_named(field, bad):
         make(**{field: tensor})
 
 
-@pytest.mark.parametrize("field, shape", [("feats_pre", (15, 8)), ("cls_attn", (17,)), ("keys", (12, 4))])
+@pytest.mark.parametrize(
+    "field, shape", [("feats_pre", (15, 8)), ("cls_attn", (17,)), ("keys", (12, 4)), ("patch_embeds", (15, 5))]
+)
 def test_mismatched_token_counts(field, shape):
     with pytest.raises(ValueError, match=f"{field} has {shape[0]} tokens but feats has 16"):
         make(**{field: torch.rand(*shape)})
@@ -52,6 +58,18 @@ def test_shapes_dtypes_grid_and_devices():
         make(feats=[[1.0]])
     with pytest.raises(ValueError, match="no tokens"):
         pruning.PruneInputs(torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0), (1, 1))
+
+
+def test_question_embeddings_must_share_a_space():
+    with pytest.raises(ValueError, match="text_embeds has 3 channels but patch_embeds has 5"):
+        make(text_embeds=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="text_embeds must have 2 dimension"):
+        make(text_embeds=torch.ones(5))
+    with pytest.raises(ValueError, match=r"text_embeds has no rows \(M = 0\)"):
+        make(text_embeds=torch.ones(0, 5))
+    with pytest.raises(ValueError, match="patch_embeds must be a floating-point"):
+        make(patch_embeds=torch.ones(16, 5, dtype=torch.long))
+    assert make(patch_embeds=None, text_embeds=torch.ones(1, 3)).text_embeds.shape == (1, 3)
 
 
 @pytest.mark.parametrize("budget", [0, -3, 2.5, "8", True, None])
@@ -86,6 +104,12 @@ def test_unknown_parameter_lists_valid_ones():
         ("visionzip", {"dominant": 9}, "dominant = 9 exceeds the budget 8"),
         ("random", {"seed": 1.5}, "seed must be an int"),
         ("random", {"generator": "gen"}, "generator must be a CPU torch.Generator"),
+        ("prumerge+", {"adaptive": "yes"}, "adaptive must be True or False"),
+        ("dart", {"pivots": 0}, "pivots must be a positive int"),
+        ("dart", {"pivots": 2.0}, "pivots must be a positive int"),
+        ("cdpruner", {"theta": 1.0}, r"theta must be None or a number in \[0, 1\)"),
+        ("cdpruner", {"theta": -0.5}, r"theta must be None or a number in \[0, 1\)"),
+        ("cdpruner", {"theta": "0.5"}, r"theta must be None or a number in \[0, 1\)"),
     ],
 )
 def test_bad_parameters(method, params, message):
@@ -98,10 +122,19 @@ def test_parameters_are_checked_even_when_keeping_everything():
         pruning.select("adaptive", make(), 100, tau_max=-1)
 
 
-@pytest.mark.parametrize("field", ["keys", "cls_feat"])
-def test_missing_input_a_method_needs(field):
-    with pytest.raises(ValueError, match=f"method 'visionzip' needs inputs.{field}, which is None"):
-        pruning.select("visionzip", make(**{field: None}), 8)
+@pytest.mark.parametrize(
+    "method, field",
+    [
+        ("visionzip", "keys"),
+        ("visionzip", "cls_feat"),
+        ("prumerge+", "keys"),
+        ("cdpruner", "patch_embeds"),
+        ("cdpruner", "text_embeds"),
+    ],
+)
+def test_missing_input_a_method_needs(method, field):
+    with pytest.raises(ValueError, match=re.escape(f"method '{method}' needs inputs.{field}, which is None")):
+        pruning.select(method, make(**{field: None}), 8)
 
 
 @pytest.mark.parametrize(
@@ -113,13 +146,19 @@ def test_missing_input_a_method_needs(field):
         ("hybrid-erank", "feats"),
         ("vispruner", "feats_pre"),
         ("visionzip", "keys"),
+        ("prumerge+", "keys"),
+        ("dart", "feats"),
+        ("cdpruner", "feats"),
+        ("cdpruner", "patch_embeds"),
+        ("cdpruner", "text_embeds"),
     ],
 )
 def test_zero_norm_rows_are_named(method, field):
     tensor = getattr(make(), field).clone()
-    tensor[5] = 0
+    row = 1 if field == "text_embeds" else 5
+    tensor[row] = 0
     inputs = make(**{field: tensor})
-    with pytest.raises(ValueError, match=rf"{field} has zero-norm row\(s\) \[5\]"):
+    with pytest.raises(ValueError, match=rf"{field} has zero-norm row\(s\) \[{row}\]"):
         pruning.select(method, inputs, 8, **({"dominant": 2} if method == "visionzip" else {}))
 
 

@@ -6,14 +6,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pruning
+from benchmarks.selection import with_query
 from benchmarks.synthetic import synthetic_inputs
 
 METHODS = pruning.list_methods()
-CONTENT_BLIND = {"random", "uniform"}
+CONTENT_BLIND = {"random", "uniform", "downsample"}
 
 
 def small_inputs(seed=0, grid=(8, 8), dim_pre=48, dim=96):
-    return synthetic_inputs(grid, dim_pre, dim, seed=seed, n_regions=10, key_dim=16)
+    return with_query(synthetic_inputs(grid, dim_pre, dim, seed=seed, n_regions=10, key_dim=16), seed=seed, dim=16)
+
+
+def expected_outputs(sel, budget, n):
+    """How many tokens the LLM should receive: the budget (clipped to N), or, for a method whose
+    count comes from the image (``info["adaptive"]``, PruMerge+), its own count below N."""
+    if sel.info.get("adaptive") and budget < n:
+        return sel.n_output_tokens
+    return min(budget, n)
 
 
 def test_registry_lists_the_specified_methods():
@@ -38,7 +47,7 @@ def test_selection_shape_and_order(method, budget):
     sel = pruning.select(method, inputs, budget)
     n = inputs.n_tokens
     assert sel.method == method
-    assert sel.n_output_tokens == budget == sel.budget
+    assert sel.n_output_tokens == expected_outputs(sel, budget, n) == sel.budget
     keep = sel.keep
     assert keep.dtype == torch.int64
     assert keep.unique().numel() == keep.numel()
@@ -112,10 +121,11 @@ def test_deterministic(method):
         assert torch.equal(first.tokens, second.tokens)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in CONTENT_BLIND | {"vispruner"}])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in CONTENT_BLIND | {"vispruner", "prumerge+"}])
 def test_duplicate_tokens_keep_the_lower_index(method):
-    # Tokens 10 and 50 are exact duplicates (features, keys and attention): a tie that must go to 10.
-    # vispruner is excluded: its even/odd split decides which duplicate survives by position.
+    # Tokens 10 and 50 are exact duplicates (features, keys, attention, embeddings): a tie that must
+    # go to 10. vispruner is excluded: its even/odd split decides which duplicate survives by
+    # position; so is prumerge+, whose spatial samples are positions.
     base = small_inputs(seed=5)
     copy = lambda t: t.clone().index_copy_(0, torch.tensor([50]), t[10:11])
     inputs = pruning.PruneInputs(
@@ -125,6 +135,8 @@ def test_duplicate_tokens_keep_the_lower_index(method):
         grid=base.grid,
         keys=copy(base.keys),
         cls_feat=base.cls_feat,
+        patch_embeds=copy(base.patch_embeds),
+        text_embeds=base.text_embeds,
     )
     for budget in (4, 12, 30, 50):
         keep = set(pruning.select(method, inputs, budget).keep.tolist())
@@ -132,19 +144,29 @@ def test_duplicate_tokens_keep_the_lower_index(method):
             assert 10 in keep, f"{method} kept the higher-index duplicate at budget {budget}"
 
 
-@pytest.mark.parametrize("method", ["attention", "diversity", "adaptive", "hybrid", "hybrid-erank"])
+@pytest.mark.parametrize("method", ["attention", "diversity", "adaptive", "hybrid", "hybrid-erank", "dart", "cdpruner"])
 def test_complete_ties_pick_lowest_indices(method):
-    # Equal attention everywhere and orthonormal features: every comparison in these rules ties.
+    # Equal attention everywhere, orthonormal features and a question equally relevant to every
+    # patch: every comparison in these rules ties.
     n = 16
     eye = torch.eye(n)
-    inputs = pruning.PruneInputs(feats_pre=eye, feats=eye, cls_attn=torch.full((n,), 1 / n), grid=(4, 4))
+    inputs = pruning.PruneInputs(
+        feats_pre=eye,
+        feats=eye,
+        cls_attn=torch.full((n,), 1 / n),
+        grid=(4, 4),
+        patch_embeds=eye,
+        text_embeds=torch.ones(1, n),
+    )
     assert pruning.select(method, inputs, 5).order.tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_one_token_image(method):
     one = torch.ones(1, 4)
-    inputs = pruning.PruneInputs(one, one, torch.ones(1), (1, 1), keys=one, cls_feat=torch.ones(4))
+    inputs = pruning.PruneInputs(
+        one, one, torch.ones(1), (1, 1), keys=one, cls_feat=torch.ones(4), patch_embeds=one, text_embeds=one
+    )
     sel = pruning.select(method, inputs, 1)
     assert sel.keep.tolist() == [0]
 
@@ -159,6 +181,8 @@ def test_select_batch_equals_single_calls(method):
         singles[0].grid,
         keys=torch.stack([s.keys for s in singles]),
         cls_feat=torch.stack([s.cls_feat for s in singles]),
+        patch_embeds=torch.stack([s.patch_embeds for s in singles]),
+        text_embeds=torch.stack([s.text_embeds for s in singles]),
     )
     batch = pruning.select_batch(method, stacked, 12)
     for one, sel in zip(singles, batch):
@@ -179,9 +203,11 @@ def test_any_float_dtype(method, dtype):
         inputs.grid,
         keys=inputs.keys.to(dtype),
         cls_feat=inputs.cls_feat.to(dtype),
+        patch_embeds=inputs.patch_embeds.to(dtype),
+        text_embeds=inputs.text_embeds.to(dtype),
     )
     sel = pruning.select(method, low, 16)
-    assert sel.n_output_tokens == 16
+    assert sel.n_output_tokens == expected_outputs(sel, 16, low.n_tokens)
     assert sel.keep.unique().numel() == sel.keep.numel()
 
 
@@ -204,9 +230,11 @@ def test_any_grid_and_budget(method, rows, cols, data):
         grid=(rows, cols),
         keys=torch.randn(n, 3, generator=g),
         cls_feat=torch.randn(6, generator=g),
+        patch_embeds=torch.randn(n, 5, generator=g),
+        text_embeds=torch.randn(2, 5, generator=g),
     )
     sel = pruning.select(method, inputs, budget)
-    assert sel.n_output_tokens == min(budget, n)
+    assert sel.n_output_tokens == expected_outputs(sel, budget, n)
     assert sel.keep.unique().numel() == sel.keep.numel()
     assert torch.equal(sel.keep, torch.sort(sel.keep).values)
     if sel.groups is not None:
@@ -218,7 +246,7 @@ def test_any_grid_and_budget(method, rows, cols, data):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_matches_cpu(method):
-    inputs = synthetic_inputs(seed=2)
+    inputs = with_query(synthetic_inputs(seed=2), seed=2)
     cpu = pruning.select(method, inputs, 64)
     gpu = pruning.select(method, inputs.to("cuda"), 64)
     assert gpu.keep.device.type == "cuda"

@@ -11,3 +11,7 @@ from . import vispruner  # noqa: F401
 from . import visionzip  # noqa: F401
 from . import hybrid  # noqa: F401
 from . import baselines  # noqa: F401
+from . import downsample  # noqa: F401
+from . import prumerge  # noqa: F401
+from . import dart  # noqa: F401
+from . import cdpruner  # noqa: F401

@@ -41,9 +41,10 @@ def test_info_lists_every_method_with_calibrated_defaults(pipeline):
     assert info["n_tokens"] == 16 and info["default_budget"] == 2  # the third preset: 64 of 576, scaled
     assert "generator" not in info["params"]["random"]  # no widget holds one
     described = info["method_info"]
-    assert [m for m in info["methods"] if described[m]["replayable"]] == ["attention", "diversity", "adaptive", "cdpruner"]
+    replayable = [m for m in info["methods"] if described[m]["replayable"]]
+    assert replayable == ["attention", "diversity", "adaptive", "cdpruner"]
     assert info["default_replay"] == "adaptive" and described["adaptive"]["tau_schedule"] == "tau_max"
-    assert [m for m in info["methods"] if described[m]["merges"]] == ["visionzip"]
+    assert [m for m in info["methods"] if described[m]["merges"]] == ["visionzip", "downsample", "prumerge+"]
     assert described["vispruner"]["ranges"]["r"] == {
         "kind": "number", "wants": "a number in [0, 1]", "lo": 0.0, "hi": 1.0, "step": 0.05, "choices": None
     }  # fmt: skip

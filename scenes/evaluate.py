@@ -155,7 +155,7 @@ def summarize(answers: Sequence[Answer], scenes: Sequence[Scene]) -> dict[str, f
     wrong = [len(attribute_errors(a.prediction, objects[a.seed])) for a in caps]
     present = sum(sum(m.category in truth[a.seed] for m in find_mentions(a.prediction, SCENE_VOCABULARY)) for a in caps)
     metrics["caption_attr_i"] = sum(wrong) / present if present else float("nan")
-    metrics["caption_attr_s"] = sum(w > 0 for w in wrong) / len(caps) if caps else float("nan")
+    metrics["caption_attr_s"] = sum(w > 0 for w in wrong) / len(caps) if present else float("nan")
     metrics["caption_exact"] = acc(caps)
     metrics["color_acc"] = acc(by_task["color"])
     metrics["count_acc_le6"] = acc([a for a in by_task["count"] if a.n_objects <= COUNT_LIMIT])

@@ -2,8 +2,8 @@
 
 Used to calibrate the tiny model for image-aware pruning (``python -m app.calibrate MODEL OUT`` over
 at least 500 *training* scenes) and to give the app example images. ``--split eval`` writes
-held-out scenes instead. ``truth.json`` maps each file name to its scene's complexity, objects and
-word.
+held-out scenes instead. ``truth.json`` maps each file name to its scene's complexity, objects,
+theme, background and word.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def export_scenes(scenes: Sequence[Scene], out: Path) -> list[Path]:
             "complexity": scene.complexity,
             "objects": [asdict(o) for o in scene.objects],
             "text": scene.text,
+            "theme": scene.theme,
+            "background": scene.background,
         }
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
     return paths

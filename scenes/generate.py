@@ -8,7 +8,7 @@ belongs to. Generation is a pure function of ``(seed, complexity)``: all randomn
 
 Complexity levels (``vocabulary.COMPLEXITIES``) reproduce the paper's simple/complex contrast:
 
-* ``text``: one word or number of moderate size (about 150 × 50 px), the rest background;
+* ``text``: one word or number of moderate size (38–194 px wide, about 55 px high), the rest background;
 * ``simple``: one or two objects of moderate size (radius 32–44 px), evidence concentrated;
 * ``medium``: three to five medium objects;
 * ``complex``: six to twelve small objects spread over the image (evidence distributed).
@@ -82,7 +82,7 @@ _OBJECT_SIZE = {"simple": "large", "medium": "medium", "complex": "small"}
 _REPEAT_SHAPE_PROB = 0.35  # chance an object copies an earlier object's shape (makes counts > 1 common)
 _MAX_TILT = 0.26  # radians (about 15 degrees): shapes are upright icons with a small random tilt
 _MAX_PLACEMENT_TRIES = 400
-_WORD_SCALE = 2.0  # every word fits (at most 172 px wide, 54 px high with its baseline)
+_WORD_SCALE = 2.0  # every word fits: 38 ("7") to 194 ("mouse") px wide, 55 px high with its baseline
 _WORD_THICKNESS = 5
 _WORD_SNAP = 14  # word positions are multiples of the patch size
 _WORD_MARGIN = 8
@@ -94,7 +94,8 @@ BACKGROUND_MAX_SPREAD = 40
 """Largest channel spread (max − min of R, G, B) of a background pixel: backgrounds are muted."""
 
 BACKGROUND_MAX_VALUE = 125
-"""Every background channel value is at most this (the darkest attribute pattern shade is above)."""
+"""Every background channel value is at most this: below white's pattern shade (135), the one
+attribute colour whose channel spread is not above ``BACKGROUND_MAX_SPREAD``."""
 
 
 @dataclass(frozen=True)

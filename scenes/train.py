@@ -244,13 +244,12 @@ def text_loss(
     batch: PackedBatch,
     *,
     ground_weight: float = 0.0,
-    count_head: int = COUNT_HEAD,
     parts: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Answer-token cross-entropy of a packed batch, the mean over samples of each sample's token
     mean (``PackedBatch.weights``), so a one-word answer counts as much as a whole caption; plus
     ``ground_weight`` times the grounding loss (``grounding_loss``) when the batch has grounding
-    queries; count share queries supervise head ``count_head``.
+    queries; count share queries supervise head ``COUNT_HEAD``, the others head 0.
 
     ``features`` are the kept feature-layer patch states of all rows concatenated, (T, C) with T the
     number of image tokens in ``batch`` (row by row, raster order within a row). ``parts``, when
@@ -276,8 +275,8 @@ def text_loss(
     if grounded:
         probs = [head_attention(m, *taps.inputs[i], batch) for i, m in enumerate(supervised)]
         count_probs = None
-        if count_head != 0 and bool((batch.ground_share.sum(-1) > 0).any()):
-            count_probs = [head_attention(m, *taps.inputs[i], batch, head=count_head) for i, m in enumerate(supervised)]
+        if bool((batch.ground_share.sum(-1) > 0).any()):
+            count_probs = [head_attention(m, *taps.inputs[i], batch, head=COUNT_HEAD) for i, m in enumerate(supervised)]
         ground = grounding_loss(probs, batch, count_probs)
         loss = loss + ground_weight * ground
         if parts is not None:

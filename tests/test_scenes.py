@@ -118,8 +118,10 @@ def test_backgrounds_are_varied_not_duplicate_patches():
         side = IMAGE_SIZE // PATCH_SIZE
         patches = img.reshape(side, PATCH_SIZE, side, PATCH_SIZE, 3).transpose(0, 2, 1, 3, 4).reshape(side * side, -1)
         back = patches[owners == 0]
-        back = back - back.mean(axis=1, keepdims=True)
-        distance = np.sqrt(((back[:, None, :] - back[None, :, :]) ** 2).mean(-1))  # RMS per pixel value
+        back = (back - back.mean(axis=1, keepdims=True)).astype(np.float64)
+        sq = (back**2).sum(axis=1)
+        mean_sq = (sq[:, None] + sq[None, :] - 2 * back @ back.T) / back.shape[1]
+        distance = np.sqrt(np.maximum(mean_sq, 0))  # RMS difference per pixel value
         np.fill_diagonal(distance, np.inf)
         assert distance.min() > 2.0, (seed, scene.background)  # grain alone keeps patches apart
     assert kinds == set(BACKGROUNDS)
@@ -294,3 +296,28 @@ def test_samples_for_a_shape_drawn_in_every_colour():
         samples = make_samples(scene, np.random.default_rng(seed))
         assert not [s for s in samples if s.kind == "attribute"]
         assert any(s.task == "caption" for s in samples)
+
+
+def test_evaluation_scores_wrong_colours_and_counts_in_captions():
+    from scenes.evaluate import Answer, summarize
+
+    scene = next(s for s in (generate_scene(seed, "medium") for seed in range(50)) if len(s.shapes) == len(s.objects))
+    first, second = scene.objects[:2]
+    wrong_colour = next(c for c in COLORS if c != first.color)
+
+    def answer(prediction):
+        return Answer(
+            scene.seed, "medium", len(scene.objects), "caption", None, CAPTION_PROMPT, caption(scene), prediction
+        )
+
+    captions = [
+        f"A {wrong_colour} {first.shape} and two {second.color} {second.shape}s.",  # both mentions wrong
+        caption(scene),  # every mention right
+    ]
+    m = summarize([answer(c) for c in captions], [scene])
+    mentions = 2 + len(scene.objects)  # present shapes named by the two captions
+    assert m["caption_attr_i"] == pytest.approx(2 / mentions)
+    assert m["caption_attr_s"] == pytest.approx(1 / 2)
+    word = generate_scene(0, "text")
+    m = summarize([Answer(word.seed, "text", 0, "caption", None, CAPTION_PROMPT, caption(word), caption(word))], [word])
+    assert np.isnan(m["caption_attr_i"]) and np.isnan(m["caption_attr_s"])  # nothing to get wrong

@@ -38,6 +38,7 @@ from scenes.tasks import (
 )
 from scenes.tokenizer import build_processor, build_tokenizer
 from scenes.train import (
+    COUNT_HEAD,
     SMOKE,
     AttentionInputs,
     TrainConfig,
@@ -244,6 +245,11 @@ def test_sample_weighted_loss_is_the_mean_of_per_sample_losses():
     assert float(weighted) != pytest.approx(token_mean, rel=1e-3)
 
 
+def _anchor_units(scene):
+    """The count units training uses: each instance's number on its anchor patch, 0 elsewhere."""
+    return np.where(patch_anchors(scene), patch_owners(scene), 0)
+
+
 def _complex_scene():
     scene = next(training_scene(s) for s in range(100) if training_scene(s).complexity == "complex")
     assert len({o.shape for o in scene.objects}) >= 3
@@ -329,7 +335,7 @@ def test_count_questions_about_absent_shapes_put_everything_on_bos():
     scene = _complex_scene()
     absent = next(s for s in SHAPES if scene.count(s) == 0)
     samples = [Sample("count", count_prompt(absent), "0"), Sample("color", color_prompt(scene.objects[0].shape), "x")]
-    targets = [(*patch_labels(scene), patch_owners(scene))]
+    targets = [(*patch_labels(scene), _anchor_units(scene))]
     off = pack_sequences(tokenizer, [samples[1:]], 576, targets)
     on = pack_sequences(tokenizer, [samples], 576, targets)
     assert len(on.ground_index) == len(off.ground_index) + 1  # the count question has one query
@@ -407,8 +413,8 @@ def test_anchor_target_and_anchor_shares_train(tmp_path):
 
 
 def _count_and_colour_batch():
-    """A full-token row asking how many of a repeated shape there are (a share query) and its
-    colour (a mass query)."""
+    """A full-token row asking how many of a repeated shape there are (a share query, its units
+    every patch of an instance, so the share has many cells) and its colour (a mass query)."""
     tokenizer = build_tokenizer()
     scene = _complex_scene()
     shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
@@ -451,8 +457,7 @@ def test_count_queries_can_supervise_a_head_of_their_own():
         grounding_loss([mixed, mixed], batch, [exact])
 
 
-@pytest.mark.parametrize("count_head", [0, 1])
-def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
+def test_count_head_routes_the_count_share_gradient(monkeypatch):
     import scenes.train
 
     grounding = []  # the grounding term text_loss adds, to differentiate it alone
@@ -465,17 +470,17 @@ def test_count_head_routes_the_count_share_gradient(count_head, monkeypatch):
     scene = _complex_scene()
     shape = next(s for s in {o.shape for o in scene.objects} if scene.count(s) > 1)
     samples = [Sample("count", count_prompt(shape), str(scene.count(shape)))]
-    batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), patch_owners(scene))])
+    batch = pack_sequences(tokenizer, [samples], 576, [(*patch_labels(scene), _anchor_units(scene))])
     assert batch.ground_share.sum() > 0
     features = torch.randn(576, cfg.vision_hidden)
-    text_loss(model, features, batch, ground_weight=1.0, count_head=count_head)
+    text_loss(model, features, batch, ground_weight=1.0)
     attn = model.model.language_model.layers[1].self_attn
     (q,) = torch.autograd.grad(grounding[0], attn.q_proj.weight)
     d = model.model.language_model.layers[1].self_attn.head_dim
     per_head = [float(q[h * d : (h + 1) * d].abs().sum()) for h in range(cfg.text_heads)]
-    # only the supervised head's query rows of the supervised layer get a grounding gradient
-    assert per_head[count_head] > 0
-    assert all(g == 0 for h, g in enumerate(per_head) if h != count_head)
+    # only the count head's query rows of the supervised layer get a grounding gradient
+    assert per_head[COUNT_HEAD] > 0
+    assert all(g == 0 for h, g in enumerate(per_head) if h != COUNT_HEAD)
 
 
 def test_extra_wrong_colour_questions_name_a_present_shape_in_a_colour_it_lacks():

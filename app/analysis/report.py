@@ -2,7 +2,9 @@
 
 Tables follow the paper's (methods.md): kept erank per method (Table 1), CHAIR per method (Table 2),
 the effect of the hybrid mix ratio (Table 3, when hybrid variants were run), attention vs diversity
-by image complexity (Table 4), and hybrid vs hybrid-erank vs its inverse (Tables 5–6, when run).
+by image complexity (Table 4), and hybrid vs hybrid-erank vs its inverse (Tables 5–6, when run);
+beside them, every answer's agreement with the full model's, and how often the methods' captions
+of one image differ.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from scoring import normalize_words
 from visualizers.palette import method_colour
 
 from .config import AnalysisConfig
@@ -91,13 +94,15 @@ def _task_table(stats: dict[tuple, dict[str, Any]], labels: Sequence[str], budge
 
 
 def _disagreement(rows: Sequence[dict[str, Any]], labels: Sequence[str], budgets: Sequence[Any]) -> list[str]:
-    """Per budget (and built-in level): the share of images whose methods' captions are not all the same."""
+    """Per budget (and built-in level): the share of images on which at least two of the methods'
+    captions differ (compared as ``scoring.normalize_words``)."""
     if len(labels) < 2:
         return []
     captions: dict[tuple, dict[str, str]] = defaultdict(dict)
     for r in rows:
         if r.get("task") == "caption" and r["label"] in labels:
-            captions[(r["budget"], r.get("complexity") or "all", r["item_id"])][r["label"]] = r["answer"]
+            key = (r["budget"], r.get("complexity") or "all", r["item_id"])
+            captions[key][r["label"]] = normalize_words(r["answer"])
     groups: dict[tuple, list[bool]] = defaultdict(list)
     for (budget, level, _), by_label in captions.items():
         if len(by_label) == len(labels):
@@ -113,7 +118,7 @@ def _disagreement(rows: Sequence[dict[str, Any]], labels: Sequence[str], budgets
     ]
     return [
         "",
-        f"## Methods disagree: images whose captions are not all the same across {', '.join(labels)} (%)",
+        f"## Methods disagree: images on which at least two of {', '.join(labels)} caption differently (%)",
         "",
         _table(["K", *levels], table),
     ]

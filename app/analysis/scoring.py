@@ -77,8 +77,9 @@ def chair_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int | N
     if all(r.get("attribute_errors") is not None for r in rows):
         wrong = [len(r["attribute_errors"]) for r in rows]
         mentions = sum(r["present_mentions"] for r in rows)
-        scores["attr_i"] = sum(wrong) / mentions if mentions else 0.0
-        scores["attr_s"] = sum(w > 0 for w in wrong) / len(rows)
+        if mentions:  # captions that name no present object have no attribute to get wrong
+            scores["attr_i"] = sum(wrong) / mentions
+            scores["attr_s"] = sum(w > 0 for w in wrong) / len(rows)
         scores["any_s"] = sum(w > 0 or bool(r["hallucinated"]) for w, r in zip(wrong, rows, strict=True)) / len(rows)
     return scores
 

@@ -4,7 +4,9 @@
 
 The adaptive method's ``erank_avg`` and hybrid-erank's ``erank_lo`` / ``erank_hi`` are properties of
 the model (methods.md §3, §7): the mean and the 10th / 90th percentiles of erank(F) over images the
-model typically sees. This command encodes every image in a folder (recursively), computes those
+model typically sees. For models that read an image as several patch grids (LLaVA-NeXT's base image
+and crops), the methods run in each grid, so the statistics are over every grid's own erank.
+This command encodes every image in a folder (recursively), computes those
 three numbers and saves them where ``load_runner`` picks them up: ``prunelens_calibration.json``
 beside a local folder's weights, or, for a hub id, in the user's calibration store
 (``app.runtime.calibration_home()``: ``~/.config/prunelens/calibration``, or ``$PRUNELENS_HOME``),
@@ -14,6 +16,7 @@ which a new snapshot or a hub-cache clean-up leaves alone; ``--out`` writes else
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -69,29 +72,42 @@ def summarize(eranks: Sequence[float], *, path: str | None = None) -> Calibratio
 
 
 def calibrate(runner: Runner, images: Iterable[Path], *, progress: bool = True) -> tuple[Calibration, dict]:
-    """Encode each image once (bypassing the cache) and summarise the image eranks.
+    """Encode each image once (bypassing the cache) and summarise the eranks of its patch grids.
+
+    One grid per image for LLaVA-1.5 (its image erank); one per grid for multi-grid models, which
+    is the erank the erank-aware methods see when they run in a grid.
 
     Returns:
-        The calibration and a report: ``eranks`` per image path and ``skipped`` images (unreadable
+        The calibration (``n_images``: images, not grids) and a report: ``eranks`` per image path,
+        ``grid_eranks`` (every grid's, the statistics' samples) and ``skipped`` images (unreadable
         files, with the reason), which are reported rather than silently dropped.
     """
     images = list(images)
     eranks: dict[str, float] = {}
+    grid_eranks: list[float] = []
     skipped: dict[str, str] = {}
     for path in tqdm(images, desc="calibrating", unit="image", disable=not progress):
         try:
-            eranks[str(path)] = runner.encode(path, use_cache=False).image_erank
+            encoding = runner.encode(path, use_cache=False)
         except ValueError as err:
             skipped[str(path)] = str(err)
             tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
-    return summarize(list(eranks.values())), {"eranks": eranks, "skipped": skipped}
+            continue
+        eranks[str(path)] = encoding.image_erank
+        grid_eranks.extend(part.image_erank for part in encoding.parts)
+    calibration = summarize(grid_eranks)
+    if len(grid_eranks) != len(eranks):
+        calibration = dataclasses.replace(
+            calibration, n_images=len(eranks), note=f"calibrated on {len(grid_eranks)} grids of {len(eranks)} images"
+        )
+    return calibration, {"eranks": eranks, "grid_eranks": grid_eranks, "skipped": skipped}
 
 
 def write_calibration(calibration: Calibration, path: str | Path, runner: Runner, report: dict) -> Path:
     """Save ``calibration`` as JSON (what ``runtime.read_calibration`` reads, plus provenance)."""
     path = Path(path)
     meta = runner.metadata
-    values = np.asarray(list(report["eranks"].values()), dtype=np.float64)
+    values = np.asarray(report.get("grid_eranks") or list(report["eranks"].values()), dtype=np.float64)
     data = {
         "format": "prunelens-calibration/1",
         "model": runner.name,
@@ -102,6 +118,7 @@ def write_calibration(calibration: Calibration, path: str | Path, runner: Runner
         "erank_std": float(values.std()),
         "erank_min": float(values.min()),
         "erank_max": float(values.max()),
+        "n_grids": int(values.size),
         "n_skipped": len(report["skipped"]),
         "feature_layer": meta["feature_layer"],
         "select_strategy": meta["select_strategy"],

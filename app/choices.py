@@ -63,13 +63,18 @@ class Example:
 
 
 def budget_presets(n_tokens: int) -> list[int]:
-    """The paper's budgets (192/128/64/32 of 576) scaled to a model with ``n_tokens`` tokens."""
+    """The paper's LLaVA-1.5 budgets (192/128/64/32 of 576) scaled to a model with ``n_tokens`` tokens.
+
+    The app shows the presets the runner reports (each family's own: ``Adapter.budget_presets``);
+    this is their LLaVA-1.5 rule, for callers without a runner."""
     return sorted({max(1, round(b * n_tokens / 576)) for b in PAPER_BUDGETS}, reverse=True)
 
 
-def default_budget(n_tokens: int) -> int:
-    """The budget the page and the API start from: the paper's 64 of 576, i.e. the third preset."""
-    presets = budget_presets(n_tokens)
+def default_budget(n_tokens: int, presets: Sequence[int] | None = None) -> int:
+    """The budget the page and the API start from: the third preset (the paper's 64 of 576), or the
+    smallest of fewer. ``presets`` are the model's own (``Runner.metadata["budget_presets"]``);
+    without them, ``budget_presets(n_tokens)``."""
+    presets = list(presets) if presets else budget_presets(n_tokens)
     return presets[2] if len(presets) > 2 else presets[-1]
 
 

@@ -110,9 +110,8 @@ class ComparePipeline:
 
     @property
     def n_tokens(self) -> int:
-        """N, the model's visual tokens per image."""
-        grid = self.runner.metadata["grid"]
-        return int(grid[0] * grid[1])
+        """N, the model's visual tokens per (typical) image: what budgets are checked against."""
+        return int(self.runner.metadata["n_tokens"])
 
     def info(self) -> dict[str, Any]:
         """What the UI needs to lay itself out, as plain values: token count, budget presets and
@@ -128,8 +127,8 @@ class ComparePipeline:
             "device": meta.get("device"),
             "n_tokens": n,
             "grid": list(meta["grid"]),
-            "presets": budget_presets(n),
-            "default_budget": default_budget(n),
+            "presets": list(meta["budget_presets"]),  # the model's own: its family's paper budgets, scaled
+            "default_budget": default_budget(n, meta["budget_presets"]),
             "methods": methods,
             "default_methods": [m for m in DEFAULT_METHODS if m in methods],
             "default_replay": DEFAULT_REPLAY if DEFAULT_REPLAY in replayable else next(iter(replayable), None),
@@ -469,12 +468,13 @@ class ComparePipeline:
     ) -> dict[str, Any]:
         """Everything about one comparison as JSON-ready values (the ``compare`` API endpoint).
 
-        ``budget`` None is ``default_budget`` (64 of 576 tokens, scaled to this model). The request
-        is checked before the image is encoded; the image is held for this call only (a private
-        session released at the end).
+        ``budget`` None is ``default_budget`` (the third of the model's presets: 64 of 576 tokens for
+        LLaVA-1.5). The request is checked before the image is encoded; the image is held for this
+        call only (a private session released at the end).
         """
         methods = check_methods(methods)
-        budget = check_budget(default_budget(self.n_tokens) if budget is None else budget, self.n_tokens)
+        presets = self.runner.metadata["budget_presets"]
+        budget = check_budget(default_budget(self.n_tokens, presets) if budget is None else budget, self.n_tokens)
         prompt = self.check_prompt(prompt)
         typed = typed_truth(truth_text, self.vocabulary)
         session = f"call-{uuid.uuid4().hex}"

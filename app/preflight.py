@@ -29,7 +29,12 @@ __all__ = [
 ]
 
 # config.json's model_type -> the transformers architecture its adapter (app.runtime.adapters) runs.
-SUPPORTED_ARCHITECTURES = {"llava": "LlavaForConditionalGeneration"}
+SUPPORTED_ARCHITECTURES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+}
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # what runtime.load_runner accepts by name
 # owner/name as huggingface_hub validates it: at most 96 characters of [A-Za-z0-9_.-], no edge '-' or '.'.
 HUB_ID = re.compile(r"(?=.{3,96}$)\w(?:[\w.-]*\w)?/\w(?:[\w.-]*\w)?", re.ASCII)

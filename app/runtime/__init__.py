@@ -1,4 +1,4 @@
-"""Model runtime: run a LLaVA-family model with any ``pruning`` selection through stock transformers.
+"""Model runtime: run a vision-language model with any ``pruning`` selection through stock transformers.
 
     from app.runtime import load_runner
     runner = load_runner("llava-hf/llava-1.5-7b-hf")      # or a local folder
@@ -7,14 +7,17 @@
     gen = runner.generate(enc, "What is shown?", sel)     # gen.text, gen.token_ids, gen.timings
 
 Encode once, select many times, generate from only the kept tokens: the kept (or merged) visual
-tokens are spliced, in raster order, into ``inputs_embeds`` in place of the prompt's one image
+tokens are spliced, in the stock order, into ``inputs_embeds`` in place of the prompt's one image
 placeholder, and the model's public ``generate`` does the rest. Nothing in transformers is patched.
+Families: LLaVA, LLaVA-NeXT and LLaVA-OneVision (several grids per image: ``grids``), Qwen2.5-VL
+(M-RoPE positions kept); docs/models.md.
 
 One job per module: ``records`` (Encoding, Generation, GenerationOptions, errors), ``calibration``,
 ``images`` (safe image intake), ``adapters`` (one file per model family, behind a typed
-``Adapter`` protocol), ``generation`` (one batched generate call: splicing, padding, timing,
-cancelling, reporting every token), ``runner`` (the ``Runner``), ``loading`` (``load_runner``) and
-``synthetic`` (random-weight LLaVAs for tests and benchmarks). The names below are imported on
+``Adapter`` protocol), ``grids`` (budget split and per-grid selection for multi-grid images),
+``generation`` (one batched generate call: splicing, padding, positions, timing, cancelling,
+reporting every token), ``runner`` (the ``Runner``), ``loading`` (``load_runner``) and
+``synthetic`` (random-weight models of each family for tests and benchmarks). The names below are imported on
 first use, so ``app.runtime.images`` alone does not pull in torch's model stack.
 """
 

@@ -48,6 +48,8 @@ class Row:
     n_visual: int
     select_ms: float | None
     method: str
+    n_layout: int = 0  # newline embeddings spliced in besides the visual tokens
+    positions: torch.Tensor | None = None  # (3, L) M-RoPE positions of every row token (Qwen2.5-VL)
 
 
 def sync(device: torch.device) -> None:
@@ -141,8 +143,18 @@ def prepare_row(
     prompt: str,
     selection: pruning.Selection | None,
     options: GenerationOptions,
+    *,
+    n_layout: int = 0,
+    rope_offsets: torch.Tensor | None = None,
+    rope_span: int = 0,
 ) -> Row:
-    """Validate one request and splice its (P + K, D) ``visual`` tokens into the prompt's embeddings."""
+    """Validate one request and splice its (P + K [+ R], D) ``visual`` tokens into the prompt's embeddings.
+
+    ``n_layout`` of them (R) are newline embeddings, which the row reports apart from its visual tokens.
+    With ``rope_offsets`` ((3, K) M-RoPE offsets of the visual tokens) the row also gets its 3-D
+    positions: text before the image 0, 1, ...; each visual token the image's start plus its own
+    offset; text after the image from the start plus ``rope_span`` on, as if nothing were pruned.
+    """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
@@ -164,11 +176,18 @@ def prepare_row(
     with torch.inference_mode():
         text = adapter.embed(ids)  # (T, D)
         embeds = torch.cat([text[:at], visual.to(text.dtype), text[at + 1 :]], dim=0)  # (L, D)
+    positions = None
+    if rope_offsets is not None:
+        before = torch.arange(at).expand(3, -1)
+        after = at + rope_span + torch.arange(ids.shape[0] - at - 1).expand(3, -1)
+        positions = torch.cat([before, at + rope_offsets.cpu(), after], dim=1)  # (3, L)
     return Row(
         embeds=embeds,
-        n_visual=visual.shape[0],
+        n_visual=visual.shape[0] - n_layout,
         select_ms=0.0 if selection is None else selection.info.get("select_ms"),
         method="full" if selection is None else selection.method,
+        n_layout=n_layout,
+        positions=positions,
     )
 
 
@@ -223,6 +242,14 @@ def run_rows(
             n = row.embeds.shape[0]
             embeds[b, length - n :] = row.embeds
             mask[b, length - n :] = 1
+        extra = {}
+        if rows[0].positions is not None:  # M-RoPE: text positions (for the mask), then the three axes
+            positions = torch.zeros(4, batch, length, dtype=torch.long, device=device)  # (4, B, L)
+            for b, row in enumerate(rows):
+                n = row.embeds.shape[0]
+                positions[0, b, length - n :] = torch.arange(n, device=device)
+                positions[1:, b, length - n :] = row.positions.to(device)
+            extra["position_ids"] = positions  # generate continues every axis from the last position
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
@@ -238,6 +265,7 @@ def run_rows(
                     pad_token_id=pad_id,
                     streamer=clock,
                     stopping_criteria=stopping,
+                    **extra,
                     **options.sampling(),
                 )  # (B, n_new): with inputs_embeds only the new tokens come back
         finally:
@@ -287,6 +315,7 @@ def _generation(
         timings=timings,
         method=row.method,
         finish_reason=finish,
+        n_layout_tokens=row.n_layout,
     )
 
 
@@ -302,7 +331,9 @@ def cancelled_generation(encoding: Encoding, row: Row, batch: int) -> Generation
         "n_new_tokens": 0,
         "batch_size": batch,
     }
-    return Generation("", (), row.n_visual, timings, method=row.method, finish_reason="cancelled")
+    return Generation(
+        "", (), row.n_visual, timings, method=row.method, finish_reason="cancelled", n_layout_tokens=row.n_layout
+    )
 
 
 @contextmanager

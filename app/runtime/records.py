@@ -1,8 +1,9 @@
 """The runtime's records: an encoded image, one answer, the decoding options, and the errors it raises.
 
 Frozen dataclasses at the boundary (style.md): ``Encoding`` is what ``Runner.encode`` returns and
-every later call takes; ``Generation`` is one answer with its timings; ``GenerationOptions`` is the
-one validated set of decoding options every generate call takes.
+every later call takes, with one ``GridPart`` per patch grid of the image; ``Generation`` is one
+answer with its timings; ``GenerationOptions`` is the one validated set of decoding options every
+generate call takes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 import pruning
 
-from .adapters import ImageGeometry
+from .adapters import ImageGeometry, RopePositions, VisualLayout
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
@@ -22,6 +23,7 @@ __all__ = [
     "Encoding",
     "Generation",
     "GenerationOptions",
+    "GridPart",
     "ModelNotAvailableError",
     "OutOfMemoryError",
     "as_options",
@@ -40,18 +42,47 @@ class OutOfMemoryError(RuntimeError):
 
 
 @dataclass(frozen=True, eq=False)
+class GridPart:
+    """One patch grid of an image (the only one for LLaVA-1.5; LLaVA-NeXT's base image or one crop).
+
+    Attributes:
+        name: a short label (``"image"``, ``"base"``, ``"crop 0,1"``).
+        inputs: this grid's ``PruneInputs``: its own attention signal, its own grid, raster order.
+        geometry: where this grid lies on the original image.
+        offset: the encoding's index of this grid's first token (tokens are numbered grid by grid).
+        image_erank: erank(F) over this grid's tokens.
+    """
+
+    name: str
+    inputs: pruning.PruneInputs
+    geometry: ImageGeometry
+    offset: int
+    image_erank: float
+
+    @property
+    def n_tokens(self) -> int:
+        return self.inputs.n_tokens
+
+
+@dataclass(frozen=True, eq=False)
 class Encoding:
     """One image encoded by one model: everything needed to select and generate, computed once.
 
     Attributes:
-        inputs: the ``PruneInputs`` (V, F, a, Kv, [CLS] feature, grid) on the model's device.
-        geometry: where the patch grid lies on the original image (for overlays).
-        image_erank: erank(F), methods.md's image complexity.
+        inputs: the ``PruneInputs`` (V, F, a, Kv, [CLS] feature, grid) on the model's device. With
+            several grids: every grid's tokens, grid after grid, as one list (grid ``(1, N)``, no
+            single [CLS] feature); ``Runner.select`` selects in each grid of ``parts``.
+        geometry: where the (first) patch grid lies on the original image (for overlays).
+        image_erank: erank(F), methods.md's image complexity (with several grids: the mean of the
+            grids' own eranks, the quantity the erank-aware methods see in each grid).
         attention_entropy: entropy of the [CLS] attention over the patches (nats).
         prefix: (P, D) tokens the LLM always receives ahead of the patches (P = 0 for LLaVA-1.5).
         model: the runner's model name.
         key: the cache key (image content + model + settings).
         encode_ms: wall time of the encoding when it was computed (pixels to metrics).
+        parts: one ``GridPart`` per patch grid (one for LLaVA-1.5, whose ``inputs`` are ``inputs``).
+        layout: where tokens and newlines sit in the LLM's sequence; None for one grid in raster order.
+        rope: each token's M-RoPE offsets (Qwen2.5-VL), which kept tokens keep; None for 1-D positions.
     """
 
     inputs: pruning.PruneInputs
@@ -62,6 +93,9 @@ class Encoding:
     model: str
     key: str
     encode_ms: float
+    parts: tuple[GridPart, ...] = ()
+    layout: VisualLayout | None = None
+    rope: RopePositions | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -71,6 +105,17 @@ class Encoding:
     @property
     def grid(self) -> tuple[int, int]:
         return self.inputs.grid
+
+    def part_of(self, index: int) -> GridPart:
+        """The grid token ``index`` belongs to."""
+        if not 0 <= index < self.n_tokens:
+            raise ValueError(f"token index {index} is outside this encoding's N = {self.n_tokens} tokens")
+        return next(part for part in reversed(self.parts) if part.offset <= index)
+
+    def patch_box(self, index: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of token ``index`` in original-image coordinates, in any grid."""
+        part = self.part_of(index)
+        return part.geometry.patch_box(index - part.offset)
 
 
 @dataclass(frozen=True)
@@ -88,6 +133,8 @@ class Generation:
             ``n_new_tokens``, ``batch_size``.
         method: the selection's method, or ``"full"`` without a selection.
         finish_reason: ``"eos"``, ``"length"`` or ``"cancelled"``.
+        n_layout_tokens: newline embeddings the LLM saw besides the visual tokens (LLaVA-NeXT's
+            row ends; 0 for single-grid models). Never part of a budget.
     """
 
     text: str
@@ -96,6 +143,7 @@ class Generation:
     timings: dict[str, Any]
     method: str = "full"
     finish_reason: str = "length"
+    n_layout_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,17 @@ from .generation import (
     run_rows,
     sync,
 )
+from .grids import grid_parts, select_grids, visual_sequence
 from .images import image_digest, load_image
-from .records import Encoding, Generation, GenerationOptions, as_options
+from .records import Encoding, Generation, GenerationOptions, GridPart, as_options
 
 __all__ = ["DEFAULT_CACHE_SIZE", "Runner"]
 
 DEFAULT_CACHE_SIZE = 32  # encodings kept per runner
+NEEDED_INPUTS = {
+    "keys": "the feature layer's keys (inputs.keys)",
+    "cls_feat": "a [CLS] token's feature (inputs.cls_feat)",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +153,8 @@ class Runner:
         Returns:
             An ``Encoding`` whose ``inputs`` hold V (N, C), F (N, D), a (N,), Kv (N, hd), the [CLS]
             feature (C,) and the grid; the [CLS] row and keys are recomputed from the feature
-            layer's own weights (the tower runs with its default attention).
+            layer's own weights (the tower runs with its default attention). Images read as several
+            grids (LLaVA-NeXT) have one ``GridPart`` each in ``parts`` and a ``layout``.
         """
         img = load_image(image)
         key = f"{image_digest(img)}|{self._settings_key()}"
@@ -160,17 +166,25 @@ class Runner:
         with oom_guard(self.device, "encoding an image"), torch.inference_mode():
             sync(self.device)
             start = time.perf_counter()
-            pixel_values, geometry = self.adapter.preprocess(img)
-            raw = self.adapter.encode(pixel_values)
-            inputs = pruning.PruneInputs(
-                feats_pre=raw.feats_pre,
-                feats=raw.feats,
-                cls_attn=raw.cls_attn,
-                grid=geometry.grid,
-                keys=raw.keys,
-                cls_feat=raw.cls_feat,
-            )
-            image_erank = pruning.effective_rank(inputs.feats)
+            readout = self.adapter.read_image(img)
+            geometry = readout.geometries[0]
+            if readout.layout is None:
+                raw = readout.grids[0]
+                inputs = pruning.PruneInputs(
+                    feats_pre=raw.feats_pre,
+                    feats=raw.feats,
+                    cls_attn=raw.cls_attn,
+                    grid=geometry.grid,
+                    keys=raw.keys,
+                    cls_feat=raw.cls_feat,
+                )
+                image_erank = pruning.effective_rank(inputs.feats)
+                parts = (GridPart(readout.names[0], inputs, geometry, 0, image_erank),)
+                prefix = raw.prefix
+            else:
+                inputs, parts = grid_parts(readout)
+                image_erank = sum(part.image_erank for part in parts) / len(parts)
+                prefix = torch.cat([grid.prefix for grid in readout.grids], dim=0)
             entropy = pruning.attention_entropy(inputs.cls_attn)
             sync(self.device)
             encode_ms = (time.perf_counter() - start) * 1e3
@@ -179,10 +193,13 @@ class Runner:
             geometry=geometry,
             image_erank=image_erank,
             attention_entropy=entropy,
-            prefix=raw.prefix,
+            prefix=prefix,
             model=self.name,
             key=key,
             encode_ms=encode_ms,
+            parts=parts,
+            layout=readout.layout,
+            rope=readout.rope,
         )
         with self._lock:
             if use_cache and self.cache_size:
@@ -204,14 +221,20 @@ class Runner:
 
         Calibration parameters (``erank_avg``, ``erank_lo``, ``erank_hi``) are passed to the methods
         that take them unless given in ``params``. The returned selection's ``info`` also holds
-        ``select_ms`` and ``calibration_source``.
+        ``select_ms`` and ``calibration_source``. With several grids the method runs in each grid
+        with its share of the budget (``grids.select_grids``). A method that needs an input this
+        model leaves empty (a [CLS] feature on a tower without [CLS]) is refused, naming both.
         """
         self._check_encoding(encoding)
+        self.check_method(method, encoding)
         taken = pruning.method_params(method)
         calibrated = {k: v for k, v in self.calibration.method_params().items() if k in taken and k not in params}
         sync(self.device)
         start = time.perf_counter()
-        selection = pruning.select(method, encoding.inputs, budget, **calibrated, **params)
+        if encoding.layout is None:
+            selection = pruning.select(method, encoding.inputs, budget, **calibrated, **params)
+        else:
+            selection = select_grids(encoding.parts, method, budget, **calibrated, **params)
         sync(self.device)
         select_ms = (time.perf_counter() - start) * 1e3
         info = {**selection.info, "select_ms": select_ms}
@@ -219,14 +242,51 @@ class Runner:
             info["calibration_source"] = self.calibration.source
         return dataclasses.replace(selection, info=info)
 
+    def check_method(self, method: str, encoding: Encoding) -> None:
+        """Refuse a method that ``needs`` an input this model leaves empty (in any grid), naming both."""
+        spec = pruning.get_method(method)
+        if spec.merges and encoding.rope is not None:
+            raise ValueError(
+                f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it merges tokens, and a "
+                "merged token has no single M-RoPE position to keep"
+            )
+        for needed in spec.needs:
+            if any(getattr(part.inputs, needed, None) is None for part in encoding.parts):
+                raise ValueError(
+                    f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it needs "
+                    f"{NEEDED_INPUTS.get(needed, 'inputs.' + needed)}, which this model does not give; "
+                    f"its attention signal is {self.adapter.attention_signal}"
+                )
+
     # -- generate --------------------------------------------------------------------------------
 
     def visual_tokens(self, encoding: Encoding, selection: pruning.Selection | None = None) -> torch.Tensor:
-        """The (P + K, D) visual embeddings the LLM receives: prefix, then kept/merged tokens in order."""
+        """The (P + K, D) visual embeddings the LLM receives: prefix, then kept/merged tokens in order.
+
+        With several grids the order is the stock one (``Encoding.layout``); newlines are left out.
+        """
+        return self._visual(encoding, selection, newlines=False)[0]
+
+    def image_sequence(
+        self, encoding: Encoding, selection: pruning.Selection | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """What the LLM receives in place of the image placeholder, newlines included, and how many
+        newlines (0 for single-grid models, where this is ``visual_tokens``)."""
+        return self._visual(encoding, selection, newlines=True)
+
+    def _visual(
+        self, encoding: Encoding, selection: pruning.Selection | None, *, newlines: bool
+    ) -> tuple[torch.Tensor, int]:
+        """The visual embeddings (with the layout's newlines when ``newlines``) and how many newlines."""
         self._check_encoding(encoding)
         inputs = encoding.inputs
+        layout = encoding.layout
+        n_layout = 0
         if selection is None:
             tokens = inputs.feats
+            if layout is not None:
+                with torch.inference_mode():
+                    tokens, n_layout = visual_sequence(layout, inputs.feats, None, newlines=newlines)
         else:
             if not isinstance(selection, pruning.Selection):
                 raise ValueError(f"selection must be a pruning.Selection or None, got {type(selection).__name__}")
@@ -241,14 +301,17 @@ class Runner:
             if selection.tokens is None and keep.numel() == 0:
                 raise ValueError(f"selection {selection.method!r} keeps no tokens")
             with torch.inference_mode():
-                tokens = pruning.apply_selection(inputs, selection, project=self.adapter.project)
+                if layout is not None and selection.tokens is None:
+                    tokens, n_layout = visual_sequence(layout, inputs.feats, keep, newlines=newlines)
+                else:
+                    tokens = pruning.apply_selection(inputs, selection, project=self.adapter.project)
             width = inputs.feats.shape[1]
             if tokens.dim() != 2 or tokens.shape[1] != width:
                 raise ValueError(
                     f"selection {selection.method!r} gives tokens of shape {tuple(tokens.shape)}; "
                     f"the LLM takes (K, {width})"
                 )
-        return torch.cat([encoding.prefix, tokens.to(encoding.prefix.dtype)], dim=0)
+        return torch.cat([encoding.prefix, tokens.to(encoding.prefix.dtype)], dim=0), n_layout
 
     def generate(
         self,
@@ -320,8 +383,8 @@ class Runner:
             )
 
     def prompt_room(self, max_new_tokens: int) -> int:
-        """How many prompt tokens fit beside all N visual tokens and ``max_new_tokens`` new ones."""
-        n_visual = self.adapter.grid[0] * self.adapter.grid[1] + self.adapter.n_prefix_tokens
+        """How many prompt tokens fit beside the most visual tokens an image gives and ``max_new_tokens``."""
+        n_visual = self.adapter.max_image_tokens
         template = self.adapter.prompt_ids("").shape[0] - 1  # the chat template's own tokens
         return int(self.adapter.context_length) - n_visual - int(max_new_tokens) - template
 
@@ -350,5 +413,26 @@ class Runner:
         selection: pruning.Selection | None,
         options: GenerationOptions,
     ) -> Row:
-        """Validate one request and splice its visual tokens into the prompt's embeddings."""
-        return prepare_row(self.adapter, self.name, self.visual_tokens(encoding, selection), prompt, selection, options)
+        """Validate one request and splice its visual tokens (and newlines) into the prompt's embeddings."""
+        visual, n_layout = self.image_sequence(encoding, selection)
+        rope = encoding.rope
+        return prepare_row(
+            self.adapter,
+            self.name,
+            visual,
+            prompt,
+            selection,
+            options,
+            n_layout=n_layout,
+            rope_offsets=None if rope is None else self._rope_offsets(encoding, selection),
+            rope_span=0 if rope is None else rope.span,
+        )
+
+    def _rope_offsets(self, encoding: Encoding, selection: pruning.Selection | None) -> torch.Tensor:
+        """(3, K) the M-RoPE offsets of the tokens a row keeps: their own, never renumbered."""
+        offsets = encoding.rope.offsets
+        if selection is None:
+            return offsets
+        if selection.tokens is not None:
+            raise ValueError(f"selection {selection.method!r} merges tokens, which have no M-RoPE position")
+        return offsets.index_select(1, selection.keep.to(offsets.device))

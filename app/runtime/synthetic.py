@@ -5,6 +5,10 @@ library and the chat template mimics LLaVA-1.5's (``USER: <image>\\n{text} ASSIS
 ``build_model`` gives the tests' tiny model (a CLIP tower on 56 px images with 14 px patches: a
 4 x 4 grid, N = 16, and a two-layer Llama); ``llava7b_shaped`` gives LLaVA-1.5-7B's shapes with as
 few decoder layers as asked, for timing prefill without a checkpoint. Both go through ``random_llava``.
+``tiny_family(family)`` gives the other families' tiny models with their processors (LLaVA-NeXT:
+56 px crops on up to 2 x 2 pinpoints, N <= 80; LLaVA-OneVision: a SigLIP tower on up to 3 x 3
+crops, shrunk beyond 4 crops' worth, and a Qwen2 decoder; Qwen2.5-VL: dynamic resolution up to 64
+merged tokens of 28 px, window attention with full-attention blocks 1 and 3, and M-RoPE).
 """
 
 from __future__ import annotations
@@ -15,14 +19,27 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    AutoModelForImageTextToText,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionImageProcessorPil,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2Config,
+    Qwen2VLImageProcessorPil,
+    SiglipVisionConfig,
 )
+
+from .adapters import ImageTextProcessor
 
 IMAGE_SIZE = 56
 PATCH_SIZE = 14
@@ -205,3 +222,175 @@ def llava7b_shaped(layers: int, vision_layers: int) -> tuple[LlavaForConditional
         tokenizer, {**VISION_7B, "num_hidden_layers": vision_layers}, {**TEXT_7B, "num_hidden_layers": layers}
     )
     return model, processor
+
+
+# -- the other families' tiny models -------------------------------------------------------------
+
+NEXT_PINPOINTS = ((56, 112), (112, 56), (112, 112))  # (height, width): up to 2 x 2 crops of 56 px
+
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "image_size": IMAGE_SIZE,
+               "patch_size": PATCH_SIZE}  # fmt: skip
+TINY_TEXT = {"hidden_size": 48, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 512, "initializer_range": 0.3}  # fmt: skip
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _finish(model: Any, tokenizer: PreTrainedTokenizerFast) -> Any:
+    for key, value in _special_ids(tokenizer).items():
+        setattr(model.generation_config, key, value)
+    return model.eval()
+
+
+def llava_next_processor(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    pinpoints: Sequence[Sequence[int]] = NEXT_PINPOINTS,
+) -> LlavaNextProcessor:
+    """A LlavaNextProcessor: anyres crops of ``image_size`` on ``pinpoints``, [CLS] dropped."""
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=[list(p) for p in pinpoints],
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_next_model(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    seed: int = 0,
+    vision_layers: int = 3,
+    text_layers: int = 2,
+    pinpoints: Sequence[Sequence[int]] = NEXT_PINPOINTS,
+) -> LlavaNextForConditionalGeneration:
+    """A tiny random LLaVA-NeXT: a 4 x 4-patch CLIP tower per 56 px crop and a small Llama, float32."""
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**TINY_VISION, num_hidden_layers=vision_layers, projection_dim=32),
+        text_config=LlamaConfig(
+            **TINY_TEXT, num_hidden_layers=text_layers, vocab_size=len(tokenizer), **_special_ids(tokenizer)
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[list(p) for p in pinpoints],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    return _finish(AutoModelForImageTextToText.from_config(config), tokenizer)
+
+
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl")
+ONEVISION_PINPOINTS = ((56, 56), (56, 112), (112, 56), (112, 112), (56, 168), (168, 56), (168, 168))
+ONEVISION_ASPECT = "anyres_max_4"  # a 3 x 3 grid of crops is shrunk to about 4 crops' worth
+
+
+def onevision_processor(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    image_size: int = IMAGE_SIZE,
+    pinpoints: Sequence[Sequence[int]] = ONEVISION_PINPOINTS,
+) -> ImageTextProcessor:
+    """LLaVA-OneVision's image processor at ``image_size`` and the tokenizer (the processor class itself
+    needs torchvision for its video half)."""
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=[list(p) for p in pinpoints]
+    )
+    return ImageTextProcessor(image_processor, tokenizer, CHAT_TEMPLATE)
+
+
+def build_onevision_model(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    seed: int = 0,
+    vision_layers: int = 3,
+    text_layers: int = 2,
+    pinpoints: Sequence[Sequence[int]] = ONEVISION_PINPOINTS,
+    aspect_ratio: str = ONEVISION_ASPECT,
+) -> Any:
+    """A tiny random LLaVA-OneVision: a 4 x 4-patch SigLIP tower per 56 px crop and a small Qwen2, float32."""
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**TINY_VISION, num_hidden_layers=vision_layers),
+        text_config=Qwen2Config(
+            **TINY_TEXT, num_hidden_layers=text_layers, vocab_size=len(tokenizer), **_special_ids(tokenizer)
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_WORD),
+        image_grid_pinpoints=[list(p) for p in pinpoints],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=aspect_ratio,
+    )
+    torch.manual_seed(seed)
+    return _finish(AutoModelForImageTextToText.from_config(config), tokenizer)
+
+
+VIDEO_WORD = "<video>"  # a vocabulary entry no prompt produces: OneVision's video placeholder, never used
+
+
+def onevision_tokenizer() -> PreTrainedTokenizerFast:
+    """The tests' tokenizer with one more entry for OneVision's (unused) video placeholder."""
+    return word_level_tokenizer(
+        [*SPECIAL_TOKENS, *WORDS, VIDEO_WORD], chat_template=CHAT_TEMPLATE, cleanup=False, add_bos_token=True
+    )
+
+
+QWEN_MAX_TOKENS = 64  # the tiny processor's pixel limit, in merged 28 px tokens
+
+
+def qwen_processor(tokenizer: PreTrainedTokenizerFast, *, max_tokens: int = QWEN_MAX_TOKENS) -> ImageTextProcessor:
+    """Qwen2-VL's image processor (14 px patches merged 2 x 2, at most ``max_tokens`` merged tokens)
+    and the tokenizer (the processor class itself needs torchvision for its video half)."""
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=4 * 28 * 28, max_pixels=max_tokens * 28 * 28, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    return ImageTextProcessor(image_processor, tokenizer, CHAT_TEMPLATE)
+
+
+def build_qwen_model(
+    tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, vision_layers: int = 4, text_layers: int = 2
+) -> Any:
+    """A tiny random Qwen2.5-VL: a 4-block window-attention tower (blocks 1 and 3 full) and a small decoder."""
+    vision = {"depth": vision_layers, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56, "out_hidden_size": 48,
+              "fullatt_block_indexes": [1, vision_layers - 1]}  # fmt: skip
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]}  # head_dim 12: 6 pairs
+    text = {**TINY_TEXT, "num_hidden_layers": text_layers, "vocab_size": len(tokenizer), "rope_parameters": rope}
+    config = Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config={**text, **_special_ids(tokenizer)},
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_WORD),
+    )
+    torch.manual_seed(seed)
+    return _finish(AutoModelForImageTextToText.from_config(config), tokenizer)
+
+
+def tiny_family(family: str, *, seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor) of a tiny random model of ``family`` (a registered ``config.model_type``)."""
+    tokenizer = build_tokenizer()
+    if family == "llava":
+        return build_model(tokenizer, seed=seed), build_processor(tokenizer)
+    if family == "llava_next":
+        return build_next_model(tokenizer, seed=seed), llava_next_processor(tokenizer)
+    if family == "llava_onevision":
+        tokenizer = onevision_tokenizer()
+        return build_onevision_model(tokenizer, seed=seed), onevision_processor(tokenizer)
+    if family == "qwen2_5_vl":
+        tokenizer = onevision_tokenizer()
+        return build_qwen_model(tokenizer, seed=seed), qwen_processor(tokenizer)
+    raise ValueError(f"no tiny model of family {family!r}; known: {', '.join(TINY_FAMILIES)}")

@@ -20,12 +20,17 @@ from ...preflight import SUPPORTED_ARCHITECTURES
 __all__ = [
     "Adapter",
     "ImageGeometry",
+    "ImageReadout",
+    "ImageTextProcessor",
+    "RopePositions",
     "VisualFeatures",
+    "VisualLayout",
     "adapter_for",
     "check_config",
     "load_pretrained",
     "register_adapter",
     "registered_adapters",
+    "scaled_budgets",
     "supported_models",
 ]
 
@@ -82,6 +87,98 @@ class VisualFeatures:
     prefix: torch.Tensor
 
 
+@dataclass(frozen=True)
+class VisualLayout:
+    """Where an image's patch tokens and newline tokens sit in the sequence the LLM receives.
+
+    For images the LLM receives as several patch grids (LLaVA-NeXT's base image and crops), the
+    stock order is not grid after grid, and newline embeddings end every row of the stitched crops.
+    Token ``i`` is the encoding's ``i``-th token: grids in order, each in its own raster order.
+
+    Attributes:
+        sequence: (L,) int64, the stock visual sequence: a token index, or -1 where a newline goes.
+        lines: (N,) int64, the line (stitched row) each token belongs to, -1 for none (the base
+            image). Newline slot ``j`` (the ``j``-th -1 of ``sequence``) ends line ``j``.
+        newline: (D,) the newline embedding, exactly as the stock model feeds it.
+    """
+
+    sequence: torch.Tensor
+    lines: torch.Tensor
+    newline: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RopePositions:
+    """Multimodal rotary positions (Qwen2.5-VL's M-RoPE) of an image's tokens, relative to the image's start.
+
+    A token at offset (t, h, w) of an image whose first token sits at text position ``s`` has the
+    3-D position (s + t, s + h, s + w); the text after the image starts at ``s + span``. Kept tokens
+    keep their own offsets: pruning removes positions, it never renumbers them.
+
+    Attributes:
+        offsets: (3, N) int64 temporal, height and width offset of each token (in token order).
+        span: how many text positions the whole image takes (max(rows, cols) of its merged grid).
+    """
+
+    offsets: torch.Tensor
+    span: int
+
+
+@dataclass(frozen=True)
+class ImageReadout:
+    """One image as an adapter reads it: one ``VisualFeatures`` per patch grid and where each lies.
+
+    Attributes:
+        grids: the read-out of each patch grid, in the order tokens are numbered.
+        geometries: where each grid lies on the image (for overlays), one per grid.
+        names: a short label per grid (``"image"`` for a single grid; ``"base"``, ``"crop 0,1"``).
+        layout: how the grids' tokens reach the LLM; None for a single grid fed in raster order.
+        rope: the tokens' M-RoPE positions, for models that place image tokens in 3-D (else None).
+    """
+
+    grids: tuple[VisualFeatures, ...]
+    geometries: tuple[ImageGeometry, ...]
+    names: tuple[str, ...]
+    layout: VisualLayout | None = None
+    rope: RopePositions | None = None
+
+    def __post_init__(self) -> None:
+        if not self.grids or not len(self.grids) == len(self.geometries) == len(self.names):
+            raise ValueError(
+                f"a read-out needs one geometry and one name per grid, got {len(self.grids)} grids, "
+                f"{len(self.geometries)} geometries, {len(self.names)} names"
+            )
+        if len(self.grids) > 1 and self.layout is None:
+            raise ValueError("a read-out of several grids needs a layout")
+
+
+@dataclass(frozen=True)
+class ImageTextProcessor:
+    """A processor's image and text halves, where the family's processor class cannot be built.
+
+    LLaVA-OneVision's and Qwen2.5-VL's processor classes need torchvision for their video half; the
+    runtime only uses the image processor, the tokenizer and the chat template, so this stands in.
+    """
+
+    image_processor: Any
+    tokenizer: Any
+    chat_template: str | None = None
+
+    def apply_chat_template(self, conversation: list[dict], **kwargs: Any) -> Any:
+        """The tokenizer's rendering of ``conversation`` with this chat template."""
+        return self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, **kwargs)
+
+    def save_pretrained(self, folder: Any) -> None:
+        """Save both halves where ``from_pretrained`` of each finds them."""
+        self.image_processor.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def scaled_budgets(budgets: tuple[int, ...], of_tokens: int, n_tokens: int) -> list[int]:
+    """Budget presets: ``budgets`` (a paper's, measured on ``of_tokens`` tokens) scaled to ``n_tokens``."""
+    return sorted({max(1, round(b * n_tokens / of_tokens)) for b in budgets}, reverse=True)
+
+
 class Adapter(Protocol):
     """One loaded model of a supported family, as the runtime uses it.
 
@@ -92,6 +189,7 @@ class Adapter(Protocol):
         grid: (rows, cols) of the patch grid; ``context_length``: the LLM's positions;
         image_token_id: the prompt's image placeholder; ``n_prefix_tokens``: visual tokens the LLM
         always receives besides the patches.
+        attention_signal: what stands for methods.md's [CLS] attention ``a`` on this family.
     """
 
     family: ClassVar[str]
@@ -102,6 +200,7 @@ class Adapter(Protocol):
     grid: tuple[int, int]
     context_length: int
     image_token_id: int
+    attention_signal: ClassVar[str]
 
     @staticmethod
     def check_config(config: Any, name: str) -> None:
@@ -120,6 +219,17 @@ class Adapter(Protocol):
     @property
     def n_prefix_tokens(self) -> int: ...
 
+    @property
+    def n_tokens(self) -> int:
+        """N of a typical image: the patch tokens budgets and presets refer to (576 for LLaVA-1.5)."""
+
+    @property
+    def max_image_tokens(self) -> int:
+        """The most embeddings one image can put into the LLM's sequence (patches, newlines, prefix)."""
+
+    def budget_presets(self) -> list[int]:
+        """The paper's budgets for this family, scaled to ``n_tokens``."""
+
     def is_llava15(self) -> bool:
         """Whether methods.md's LLaVA-1.5 calibration belongs to this checkpoint."""
 
@@ -130,11 +240,8 @@ class Adapter(Protocol):
 
     def pad_token_id(self) -> int: ...
 
-    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, ImageGeometry]:
-        """Pixels for the tower and where the patch grid lies on ``image``."""
-
-    def encode(self, pixel_values: torch.Tensor) -> VisualFeatures:
-        """The pruning read-out of the vision tower for one image."""
+    def read_image(self, image: Image.Image) -> ImageReadout:
+        """Pixels through the tower: the pruning read-out of every patch grid of ``image``."""
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feature-layer tokens (e.g. merged ones) through the multimodal projector."""

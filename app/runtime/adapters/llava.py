@@ -1,8 +1,9 @@
 """LLaVA family adapter: ``LlavaForConditionalGeneration`` with a CLIP vision tower (transformers 5.24).
 
 Read top to bottom: what is supported, the constants read from the model's own config and
-processor, then the four things the runtime asks of a model (pixels + geometry, the pruning
-read-out of the vision tower, the projector for merged tokens, prompt ids and embeddings).
+processor, then the three things the runtime asks of a model here (pixels + geometry, the pruning
+read-out of the vision tower, the projector for merged tokens); prompt ids and embeddings are
+``prompts.ChatModel``'s, which every family shares.
 
 Model facts come from the checkpoint, never from constants here: the feature layer
 (``config.vision_feature_layer``, -2 for LLaVA-1.5), the select strategy (``"default"`` drops
@@ -28,13 +29,16 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from .base import ImageGeometry, VisualFeatures, register_adapter
+from .base import ImageGeometry, ImageReadout, VisualFeatures, register_adapter, scaled_budgets
+from .prompts import ChatModel
 
 __all__ = ["LlavaAdapter", "cls_attention_and_keys", "is_llava15_config"]
 
 ARCHITECTURE = "LlavaForConditionalGeneration"
 VISION_MODEL_TYPES = ("clip_vision_model",)
 SELECT_STRATEGIES = ("default", "full")
+PAPER_BUDGETS = (192, 128, 64, 32)  # methods.md: the paper's budgets for LLaVA-1.5's 576 tokens
+PAPER_TOKENS = 576
 # LLaVA-1.5's shape, whose paper calibration methods.md gives: a Llama/Vicuna decoder of 7B
 # (4096 wide, 32 layers) or 13B (5120, 40), CLIP ViT-L/14 at 336 px (1024 wide, 24 layers), features
 # from layer -2 with [CLS] dropped, a two-layer GELU projector.
@@ -87,8 +91,11 @@ def cls_attention_and_keys(layer: torch.nn.Module, hidden_in: torch.Tensor) -> t
     "LlavaForConditionalGeneration with a CLIP vision tower and a single feature layer "
     "(LLaVA-1.5 7B/13B, BakLLaVA, llava-gemma, the PruneLens embedded model)",
 )
-class LlavaAdapter:
+class LlavaAdapter(ChatModel):
     """Everything the runtime needs from one loaded LLaVA model and its ``LlavaProcessor``.
+
+    "[CLS] attention" is what methods.md says: the [CLS] query's attention to the patches in the
+    feature layer, recomputed from that layer's q/k. Every method runs (keys and [CLS] are read).
 
     Attributes (read from the checkpoint):
         name: the model id or folder it was loaded from.
@@ -101,17 +108,24 @@ class LlavaAdapter:
     """
 
     family = "llava"
+    architecture = ARCHITECTURE
+    model_class: Any = LlavaForConditionalGeneration
+    vision_model_types = VISION_MODEL_TYPES
+    select_strategies = SELECT_STRATEGIES
+    attention_signal = "[CLS] attention: the [CLS] query's attention to the patches in the feature layer"
+    paper_budgets = (PAPER_BUDGETS, PAPER_TOKENS)
 
-    @staticmethod
-    def check_config(config: Any, name: str) -> None:
+    @classmethod
+    def check_config(cls, config: Any, name: str) -> None:
         """Refuse LLaVA configs this adapter cannot run, naming the offending setting."""
-        architectures = getattr(config, "architectures", None) or [ARCHITECTURE]
-        if ARCHITECTURE not in architectures:
-            raise ValueError(f"model {name!r} has architectures {architectures}; only {ARCHITECTURE} is supported")
+        architectures = getattr(config, "architectures", None) or [cls.architecture]
+        if cls.architecture not in architectures:
+            raise ValueError(f"model {name!r} has architectures {architectures}; only {cls.architecture} is supported")
         vision_type = getattr(config.vision_config, "model_type", None)
-        if vision_type not in VISION_MODEL_TYPES:
+        if vision_type not in cls.vision_model_types:
             raise ValueError(
-                f"model {name!r} has a {vision_type!r} vision tower; supported towers: {', '.join(VISION_MODEL_TYPES)}"
+                f"model {name!r} has a {vision_type!r} vision tower; supported towers: "
+                f"{', '.join(cls.vision_model_types)}"
             )
         layer = config.vision_feature_layer
         if isinstance(layer, bool) or not isinstance(layer, int):
@@ -119,36 +133,27 @@ class LlavaAdapter:
                 f"model {name!r} concatenates several vision feature layers ({layer!r}); "
                 "only a single feature layer is supported"
             )
-        if config.vision_feature_select_strategy not in SELECT_STRATEGIES:
+        if config.vision_feature_select_strategy not in cls.select_strategies:
             raise ValueError(
                 f"model {name!r} uses vision_feature_select_strategy "
-                f"{config.vision_feature_select_strategy!r}; supported: {', '.join(SELECT_STRATEGIES)}"
+                f"{config.vision_feature_select_strategy!r}; supported: {', '.join(cls.select_strategies)}"
             )
 
-    @staticmethod
-    def load(folder: Any, dtype: torch.dtype) -> tuple[LlavaForConditionalGeneration, Any]:
+    @classmethod
+    def load(cls, folder: Any, dtype: torch.dtype) -> tuple[Any, Any]:
         """Model and processor from a local checkpoint folder (no network, no remote code)."""
-        model = LlavaForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, trust_remote_code=False, local_files_only=True
-        )
+        model = cls.model_class.from_pretrained(folder, dtype=dtype, trust_remote_code=False, local_files_only=True)
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
         return model, processor
 
     def __init__(self, model: Any, processor: Any, *, name: str) -> None:
-        if not isinstance(model, LlavaForConditionalGeneration):
-            raise ValueError(f"model {name!r} is a {type(model).__name__}; the LLaVA adapter needs {ARCHITECTURE}")
+        if not isinstance(model, self.model_class):
+            raise ValueError(
+                f"model {name!r} is a {type(model).__name__}; the {self.family} adapter needs {self.architecture}"
+            )
         config = model.config
         self.check_config(config, name)
-        for part in ("image_processor", "tokenizer"):
-            if getattr(processor, part, None) is None:
-                raise ValueError(f"the processor of {name!r} has no {part}; pass the model's LlavaProcessor")
-        if not (getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)):
-            raise ValueError(f"the processor of {name!r} has no chat template; PruneLens formats prompts with it")
-
-        self.model = model
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.name = name
+        self.bind(model, processor, name)
         vision = config.vision_config
         n_hidden = vision.num_hidden_layers + 1  # hidden states: embeddings + one per encoder layer
         if not -n_hidden <= config.vision_feature_layer < n_hidden:
@@ -160,25 +165,12 @@ class LlavaAdapter:
         if self.feature_index == 0:
             raise ValueError(
                 f"model {name!r} takes its features from the patch embeddings (vision_feature_layer "
-                f"{config.vision_feature_layer}), which have no [CLS] attention to prune with"
+                f"{config.vision_feature_layer}), which have no attention to prune with"
             )
         self.select_strategy = config.vision_feature_select_strategy
         self.patch_size = int(vision.patch_size)
         side = int(vision.image_size) // self.patch_size
         self.grid = (side, side)
-        self.image_token_id = int(config.image_token_id)
-        self.image_token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
-        processor_token = getattr(processor, "image_token", self.image_token)
-        if processor_token != self.image_token:
-            raise ValueError(
-                f"the processor's image token {processor_token!r} is not the model's image token "
-                f"{self.image_token!r} (id {self.image_token_id})"
-            )
-        self.context_length = int(config.text_config.max_position_embeddings)
-        self._reserved = sorted(
-            {str(t) for t in self.tokenizer.all_special_tokens}
-            | {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
-        )
 
     # -- model facts -------------------------------------------------------------------------
 
@@ -191,17 +183,24 @@ class LlavaAdapter:
         return self.model.model.multi_modal_projector
 
     @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    @property
     def n_prefix_tokens(self) -> int:
         """Visual tokens the LLM always receives besides the patches ([CLS] under "full")."""
         return 1 if self.select_strategy == "full" else 0
+
+    @property
+    def n_tokens(self) -> int:
+        """N, the patches of the one grid."""
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def max_image_tokens(self) -> int:
+        """The patches plus the prefix: every image gives the LLM the same number of tokens."""
+        return self.n_tokens + self.n_prefix_tokens
+
+    def budget_presets(self) -> list[int]:
+        """The paper's LLaVA-1.5 budgets (192/128/64/32 of 576) scaled to N."""
+        budgets, of_tokens = self.paper_budgets
+        return scaled_budgets(budgets, of_tokens, self.n_tokens)
 
     def is_llava15(self) -> bool:
         """True when the checkpoint has LLaVA-1.5's architecture (methods.md's calibration applies)."""
@@ -216,26 +215,12 @@ class LlavaAdapter:
             "grid": self.grid,
             "patch_size": self.patch_size,
             "n_patches": self.grid[0] * self.grid[1],
+            "n_tokens": self.n_tokens,
+            "budget_presets": self.budget_presets(),
+            "attention_signal": self.attention_signal,
             "image_token_id": self.image_token_id,
             "context_length": self.context_length,
         }
-
-    def eos_token_ids(self) -> list[int]:
-        """Token ids that end an answer (generation config first, then the tokenizer)."""
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return []
-        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-
-    def pad_token_id(self) -> int:
-        """Id used to pad batched generations (pad, else the first end-of-answer id, else 0)."""
-        for candidate in (self.model.generation_config.pad_token_id, self.tokenizer.pad_token_id):
-            if candidate is not None:
-                return int(candidate)
-        eos = self.eos_token_ids()
-        return eos[0] if eos else 0
 
     # -- image -> pixels ---------------------------------------------------------------------
 
@@ -288,6 +273,11 @@ class LlavaAdapter:
 
     # -- pixels -> pruning inputs --------------------------------------------------------------
 
+    def read_image(self, image: Image.Image) -> ImageReadout:
+        """The one grid of ``image``: ``preprocess`` then ``encode``."""
+        pixel_values, geometry = self.preprocess(image)
+        return ImageReadout(grids=(self.encode(pixel_values),), geometries=(geometry,), names=("image",))
+
     def encode(self, pixel_values: torch.Tensor) -> VisualFeatures:
         """The pruning read-out of one image with the tower's default (SDPA/flash) attention.
 
@@ -324,36 +314,3 @@ class LlavaAdapter:
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pre-projector tokens (K, C) -> LLM embeddings (K, D) through the model's projector."""
         return self.projector(tokens.to(self.device, self.dtype))
-
-    # -- prompt -> ids -> embeddings -----------------------------------------------------------
-
-    def render_prompt(self, prompt: str) -> str:
-        """The chat-template text of one user turn holding the image then ``prompt``.
-
-        The user's text is data for the template (never a template itself); text that spells one
-        of the tokenizer's special tokens is refused, since it would be read as that token.
-        """
-        found = [tok for tok in self._reserved if tok and tok in prompt]
-        if found:
-            raise ValueError(
-                f"the prompt contains the reserved token(s) {found} (e.g. {self.image_token!r} is where the "
-                "image goes); remove them from the question"
-            )
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-
-    def prompt_ids(self, prompt: str) -> torch.Tensor:
-        """(T,) token ids of the rendered prompt with exactly one image placeholder."""
-        text = self.render_prompt(prompt)
-        bos = self.tokenizer.bos_token
-        # Some templates (gemma's) already start with BOS; the tokenizer must not add a second one.
-        add_special = not (bos and text.startswith(bos))
-        ids = self.tokenizer(text, add_special_tokens=add_special, return_tensors="pt")["input_ids"][0]
-        n_image = int((ids == self.image_token_id).sum())
-        if n_image != 1:
-            raise ValueError(f"the chat template of {self.name!r} produced {n_image} image placeholders, expected 1")
-        return ids
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """(T,) ids -> (T, D) input embeddings of the language model."""
-        return self.model.get_input_embeddings()(ids.to(self.device))

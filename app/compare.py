@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import pruning
-from scoring import Vocabulary, mark_answer
+from scoring import Vocabulary, mark_answer, normalize_words, same_answer, word_overlap
 
 from .choices import (
     DEFAULT_METHODS,
@@ -443,14 +443,15 @@ class ComparePipeline:
             if name == "full" and truth is None:
                 marks = mark_answer(gen.text, self.vocabulary)
             p = prefill.get(name)
-            speedup = prefill["full"] / p if p and prefill.get("full") else None
             out[name] = {
                 "text": gen.text,
                 "n_visual_tokens": gen.n_visual_tokens,
                 "n_new_tokens": len(gen.token_ids),
                 "prefill_ms": p,
-                "speedup": speedup,
+                "speedup": prefill["full"] / p if p and prefill.get("full") else None,
                 "batch_ms": batch_ms,
+                "same_as_full": same_answer(gen.text, reference, normalize=normalize_words),
+                "overlap_with_full": word_overlap(gen.text, reference),
                 **marks,
             }
         return out

@@ -398,7 +398,7 @@ class Handlers:
             )
         finally:
             current = store.finish_answer(session, settings, cancel)
-        cards = {name: self._answer_card(row) for name, row in out.items()}
+        cards = {name: self._answer_card(row, versus_full=name != "full") for name, row in out.items()}
         first = next(iter(out.values()))
         label = self._image_label(key, session)
         summary = (
@@ -433,11 +433,13 @@ class Handlers:
         return self.pipeline.store.cancel(session)
 
     @staticmethod
-    def _answer_card(row: Mapping[str, Any]) -> dict[str, Any]:
+    def _answer_card(row: Mapping[str, Any], versus_full: bool) -> dict[str, Any]:
         speedup = f" · **{row['speedup']:.2f}×** vs full" if row.get("speedup") else ""
         wrong, missed = row.get("wrong_attributes") or [], row["missed"]
         notes = [f"missed: {', '.join(missed)}"] * bool(missed) + [f"wrong: {'; '.join(wrong)}"] * bool(wrong)
-        speed = f"prefill {_format_ms(row['prefill_ms'])}{speedup}"
+        overlap = f"{row['overlap_with_full']:.0%} word overlap with full"
+        same = "same answer as full" if row["same_as_full"] else overlap
+        speed = f"prefill {_format_ms(row['prefill_ms'])}{speedup}" + (f" · {same}" if versus_full else "")
         return {"segments": row["segments"], "speed": speed, "missed": "; ".join(notes), "text": row["text"]}
 
     # -- export ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pruning
 from app.compare import ComparePipeline, Example, budget_presets
 from app.runtime import GenerationOptions, Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
-from scoring import COCO_VOCABULARY
+from scoring import COCO_VOCABULARY, normalize_words, word_overlap
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,12 @@ def test_answer_batches_every_method_and_marks_mentions(pipeline):
         GenerationOptions(max_new_tokens=6),
     )
     assert out["attention"]["text"] == single.text
+    # every answer says whether it is the full model's, and how many words it shares with it
+    assert out["full"]["same_as_full"] and out["full"]["overlap_with_full"] == 1.0
+    for name in ("attention", "adaptive"):
+        row = out[name]
+        assert row["same_as_full"] == (normalize_words(row["text"]) == normalize_words(out["full"]["text"]))
+        assert row["overlap_with_full"] == word_overlap(row["text"], out["full"]["text"])
 
 
 def test_step_through_adaptive(pipeline):

@@ -75,6 +75,13 @@ def test_load_view_answer_round_trip(handlers):
     )
     assert len(method_cards) == 2 and "3 answers generated together" in summary
     assert "".join(t for t, _ in full["segments"]) == full["text"]
+    for card, name in zip(method_cards, ["attention", "adaptive"], strict=True):  # agreement with full, in words
+        row = answers["answers"][name]
+        said = (
+            "same answer as full" if row["same_as_full"] else f"{row['overlap_with_full']:.0%} word overlap with full"
+        )
+        assert said in card["speed"]
+    assert "with full" not in full["speed"] and "same answer" not in full["speed"]
     path = handlers.export_json({**record, **answers})
     data = json.loads(open(path).read())
     assert data["model"] == "tiny" and data["answers"]["full"]["n_visual_tokens"] == 16

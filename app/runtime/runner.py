@@ -48,6 +48,10 @@ NEEDED_INPUTS = {
     "keys": "the feature layer's keys (inputs.keys)",
     "cls_feat": "a [CLS] token's feature (inputs.cls_feat)",
 }
+NOT_BUILT = {  # inputs no adapter builds yet: the refusal names what is missing, not the model
+    "patch_embeds": "patch embeddings in CLIP's joint image-text space (inputs.patch_embeds)",
+    "text_embeds": "a text embedding of the question (inputs.text_embeds)",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +255,11 @@ class Runner:
                 "merged token has no single M-RoPE position to keep"
             )
         for needed in spec.needs:
+            if needed in NOT_BUILT:
+                raise ValueError(
+                    f"method {method!r} needs {NOT_BUILT[needed]}, which PruneLens's runtime does not compute yet "
+                    "for any model; the method runs through the pruning library with inputs you build"
+                )
             if any(getattr(part.inputs, needed, None) is None for part in encoding.parts):
                 raise ValueError(
                     f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it needs "

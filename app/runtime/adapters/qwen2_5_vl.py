@@ -28,6 +28,7 @@ text halves.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -88,24 +89,32 @@ def received_attention_rotary(
     return received / (attn.num_heads * t), k.mean(dim=0)
 
 
+_HOOKED = threading.Lock()  # the hooks sit on shared modules: one hooked forward at a time
+
+
 @contextmanager
 def _captured_inputs(block: torch.nn.Module, merger: torch.nn.Module) -> Iterator[dict[str, Any]]:
-    """Record what enters ``block`` (hidden state, rotary embedding) and ``merger`` during one forward."""
+    """Record what enters ``block`` (hidden state, rotary embedding) and ``merger`` during one forward.
+
+    Held under a process-wide lock, so two requests encoding at once (the app serves several
+    sessions) never see each other's tensors.
+    """
     seen: dict[str, Any] = {}
 
     def at_block(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         seen["hidden"] = args[0] if args else kwargs["hidden_states"]
         seen["rotary"] = kwargs["position_embeddings"]
 
-    handles = [
-        block.register_forward_pre_hook(at_block, with_kwargs=True),
-        merger.register_forward_pre_hook(lambda module, args: seen.__setitem__("merger_in", args[0])),
-    ]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
+    with _HOOKED:
+        handles = [
+            block.register_forward_pre_hook(at_block, with_kwargs=True),
+            merger.register_forward_pre_hook(lambda module, args: seen.__setitem__("merger_in", args[0])),
+        ]
+        try:
+            yield seen
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 @register_adapter(

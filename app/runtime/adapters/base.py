@@ -27,6 +27,7 @@ __all__ = [
     "VisualLayout",
     "adapter_for",
     "check_config",
+    "load_model_and_processor",
     "load_pretrained",
     "register_adapter",
     "registered_adapters",
@@ -309,3 +310,24 @@ def adapter_for(model: Any, processor: Any, name: str | None = None) -> Adapter:
     if model_type not in _ADAPTERS:
         raise _unsupported(f"model {name!r} ({type(model).__name__}, model_type {model_type!r})")
     return _ADAPTERS[model_type][0](model, processor, name=name)
+
+
+def load_model_and_processor(model_class: Any, folder: Any, dtype: torch.dtype) -> tuple[Any, Any]:
+    """``model_class`` and its processor from a local folder, on the CPU in ``dtype``.
+
+    The stock processors of OneVision and Qwen2.5-VL build a video processor that needs
+    torchvision; without it, the processor is assembled from its image and text halves
+    (``ImageTextProcessor``), which is all the runtime uses.
+    """
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    model = model_class.from_pretrained(folder, dtype=dtype, trust_remote_code=False, local_files_only=True)
+    try:
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    except (ImportError, ValueError, AttributeError, TypeError):  # its video processor needs torchvision
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        images = AutoImageProcessor.from_pretrained(
+            folder, trust_remote_code=False, local_files_only=True, backend="pil"
+        )
+        processor = ImageTextProcessor(images, tokenizer, tokenizer.chat_template)
+    return model, processor

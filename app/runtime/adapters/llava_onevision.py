@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, LlavaOnevisionForConditionalGeneration
+from transformers import LlavaOnevisionForConditionalGeneration
 
-from .base import ImageGeometry, ImageReadout, ImageTextProcessor, VisualFeatures, VisualLayout, register_adapter
+from .base import ImageGeometry, ImageReadout, VisualFeatures, VisualLayout, load_model_and_processor, register_adapter
 from .llava_next import LlavaNextAdapter, crop_layout
 
 __all__ = ["LlavaOnevisionAdapter", "received_attention_and_keys"]
@@ -93,16 +93,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     @classmethod
     def load(cls, folder: Any, dtype: torch.dtype) -> tuple[Any, Any]:
         """Model and processor from a local folder; without torchvision, the processor's image and text halves."""
-        model = cls.model_class.from_pretrained(folder, dtype=dtype, trust_remote_code=False, local_files_only=True)
-        try:
-            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-        except (ImportError, ValueError, AttributeError, TypeError):  # its video processor needs torchvision
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-            images = AutoImageProcessor.from_pretrained(
-                folder, trust_remote_code=False, local_files_only=True, backend="pil"
-            )
-            processor = ImageTextProcessor(images, tokenizer, tokenizer.chat_template)
-        return model, processor
+        return load_model_and_processor(cls.model_class, folder, dtype)
 
     def __init__(self, model: Any, processor: Any, *, name: str) -> None:
         super().__init__(model, processor, name=name)

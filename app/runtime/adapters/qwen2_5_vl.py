@@ -35,15 +35,15 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.vision_utils import get_vision_window_index
 
 from .base import (
     ImageGeometry,
     ImageReadout,
-    ImageTextProcessor,
     RopePositions,
     VisualFeatures,
+    load_model_and_processor,
     register_adapter,
     scaled_budgets,
 )
@@ -154,16 +154,7 @@ class Qwen25VLAdapter(ChatModel):
     @classmethod
     def load(cls, folder: Any, dtype: torch.dtype) -> tuple[Any, Any]:
         """Model and processor from a local folder; without torchvision, the processor's image and text halves."""
-        model = cls.model_class.from_pretrained(folder, dtype=dtype, trust_remote_code=False, local_files_only=True)
-        try:
-            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-        except (ImportError, ValueError, AttributeError, TypeError):  # its video processor needs torchvision
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-            images = AutoImageProcessor.from_pretrained(
-                folder, trust_remote_code=False, local_files_only=True, backend="pil"
-            )
-            processor = ImageTextProcessor(images, tokenizer, tokenizer.chat_template)
-        return model, processor
+        return load_model_and_processor(cls.model_class, folder, dtype)
 
     def __init__(self, model: Any, processor: Any, *, name: str) -> None:
         if not isinstance(model, self.model_class):

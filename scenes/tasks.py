@@ -141,11 +141,15 @@ def attribute_errors(text: str, objects: Sequence[tuple[str, str]]) -> dict[int,
 
     A mention is a shape word with, right before it, an optional colour word and an optional number
     word (``parse_objects``' grammar, found on ``scoring.PROSE`` words as the app marks answers):
-    "a green circle" claims exactly one green circle, "two diamonds" exactly two diamonds of any
-    colour. Returns ``{start offset: why}`` for the mentions of a shape in the scene whose colour
-    no such object has, or whose count is wrong; absent shapes are CHAIR's business, not this.
+    "a green circle" claims one green circle, "two diamonds" two diamonds of any colour. Mentions of
+    the same colour and shape add up, so "a red heart and a red heart" claims two red hearts, as
+    "two red hearts" does. Returns ``{start offset: why}`` for the mentions of a shape in the scene
+    whose colour no such object has, and where a (colour, shape)'s claimed total is not the
+    scene's: beyond the scene's count, the mentions that claim the excess (from the last); short
+    of it, the last mention. Absent shapes are CHAIR's business, not this.
     """
     lowered = text.lower()
+    claims: dict[tuple[str | None, str], list[tuple[int, int | None]]] = {}
     errors = {}
     for mention in find_mentions(text, SCENE_VOCABULARY):
         same_shape = [colour for shape, colour in objects if shape == mention.category]
@@ -154,12 +158,25 @@ def attribute_errors(text: str, objects: Sequence[tuple[str, str]]) -> dict[int,
         before = words(lowered[: mention.start])
         colour = before.pop() if before and before[-1] in COLORS else None
         count = _NUMBER_WORDS.get(before[-1]) if before else None
-        matching = [c for c in same_shape if colour is None or c == colour]
-        if not matching:
+        if colour is not None and colour not in same_shape:
             errors[mention.start] = f"no {colour} {mention.category} in the image"
-        elif count is not None and count != len(matching):
-            errors[mention.start] = f"the image has {len(matching)}, not {count}"
-    return errors
+        else:
+            claims.setdefault((colour, mention.category), []).append((mention.start, count))
+    for (colour, shape), mentions in claims.items():
+        if all(count is None for _, count in mentions) and len(mentions) == 1:
+            continue  # "the red circle": no number claimed
+        actual = sum(s == shape and (colour is None or c == colour) for s, c in objects)
+        claimed = sum(1 if count is None else count for _, count in mentions)
+        why = f"the image has {actual}, not {claimed}"
+        if claimed < actual:  # too few: the last mention is where the count falls short
+            errors[mentions[-1][0]] = why
+        excess = claimed - actual  # too many: the mentions beyond the image's count, from the last
+        for start, count in reversed(mentions):
+            if excess <= 0:
+                break
+            errors[start] = why
+            excess -= 1 if count is None else count
+    return dict(sorted(errors.items()))
 
 
 def chair(captions: Sequence[str], truths: Sequence[Sequence[str]]) -> ChairScores:

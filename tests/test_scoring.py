@@ -40,5 +40,9 @@ def test_wrong_colours_and_counts_are_marked_hallucinated():
     assert marks["hallucinated"] == ["star"]  # absent categories, as CHAIR counts them
     assert marks["wrong_attributes"] == ["diamond: the image has 2, not 1", "triangle: no red triangle in the image"]
     assert attribute_errors("Two green diamonds and a purple triangle.", objects) == {}
+    # repeated mentions of one colour and shape add up: listing instances is counting them
+    assert attribute_errors("A green diamond and a green diamond.", objects) == {}
+    three = "A green diamond, a green diamond and a green diamond."
+    assert attribute_errors(three, objects) == {three.rindex("diamond"): "the image has 2, not 3"}  # one too many
     # without a truth there is nothing to be wrong against
     assert mark_answer(text, SCENE_VOCABULARY, wrong_attributes=wrong)["wrong_attributes"] == []

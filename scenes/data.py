@@ -1,7 +1,7 @@
 """Training tensors from scenes: pixels, per-patch labels, presence targets and packed task sequences.
 
-Scenes are drawn on the fly from a deterministic seed stream (drawing one costs ~3 ms, training on
-it ~75 ms), so the model never sees the same scene twice and a resumed run sees exactly the data
+Scenes are drawn on the fly from a deterministic seed stream (drawing one costs about 7 ms, training
+on it about 75 ms), so the model never sees the same scene twice and a resumed run sees exactly the data
 it would have seen. Training seeds are below ``EVAL_SEED_BASE``; evaluation seeds start there.
 
 Task sequences use *shared-prefix packing*: one image prefix ``<s> USER : <image>×576`` followed by

@@ -26,6 +26,7 @@ __all__ = [
     "VisualFeatures",
     "VisualLayout",
     "adapter_for",
+    "check_architecture",
     "check_config",
     "load_model_and_processor",
     "load_pretrained",
@@ -331,3 +332,10 @@ def load_model_and_processor(model_class: Any, folder: Any, dtype: torch.dtype) 
         )
         processor = ImageTextProcessor(images, tokenizer, tokenizer.chat_template)
     return model, processor
+
+
+def check_architecture(config: Any, name: str, architecture: str) -> None:
+    """Refuse a config whose ``architectures`` do not include ``architecture`` (none listed passes)."""
+    architectures = getattr(config, "architectures", None) or [architecture]
+    if architecture not in architectures:
+        raise ValueError(f"model {name!r} has architectures {architectures}; only {architecture} is supported")

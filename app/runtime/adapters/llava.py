@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from .base import ImageGeometry, ImageReadout, VisualFeatures, register_adapter, scaled_budgets
+from .base import ImageGeometry, ImageReadout, VisualFeatures, check_architecture, register_adapter, scaled_budgets
 from .prompts import ChatModel
 
 __all__ = ["LlavaAdapter", "cls_attention_and_keys", "is_llava15_config"]
@@ -118,9 +118,7 @@ class LlavaAdapter(ChatModel):
     @classmethod
     def check_config(cls, config: Any, name: str) -> None:
         """Refuse LLaVA configs this adapter cannot run, naming the offending setting."""
-        architectures = getattr(config, "architectures", None) or [cls.architecture]
-        if cls.architecture not in architectures:
-            raise ValueError(f"model {name!r} has architectures {architectures}; only {cls.architecture} is supported")
+        check_architecture(config, name, cls.architecture)
         vision_type = getattr(config.vision_config, "model_type", None)
         if vision_type not in cls.vision_model_types:
             raise ValueError(

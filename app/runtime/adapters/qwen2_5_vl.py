@@ -43,6 +43,7 @@ from .base import (
     ImageReadout,
     RopePositions,
     VisualFeatures,
+    check_architecture,
     load_model_and_processor,
     register_adapter,
     scaled_budgets,
@@ -144,9 +145,7 @@ class Qwen25VLAdapter(ChatModel):
     @classmethod
     def check_config(cls, config: Any, name: str) -> None:
         """Refuse Qwen2.5-VL configs this adapter cannot run, naming the offending setting."""
-        architectures = getattr(config, "architectures", None) or [cls.architecture]
-        if cls.architecture not in architectures:
-            raise ValueError(f"model {name!r} has architectures {architectures}; only {cls.architecture} is supported")
+        check_architecture(config, name, cls.architecture)
         vision = config.vision_config
         if not list(getattr(vision, "fullatt_block_indexes", None) or []):
             raise ValueError(f"model {name!r} has no full-attention vision block to read the attention signal from")

@@ -10,7 +10,7 @@ registry entry (``describe_method``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_methods",
     "default_budget",
     "describe_method",
+    "image_presets",
     "sweep_budgets",
     "typed_truth",
 ]
@@ -62,18 +63,34 @@ class Example:
     objects: tuple[tuple[str, str], ...] | None = None
 
 
-def budget_presets(n_tokens: int) -> list[int]:
-    """The paper's LLaVA-1.5 budgets (192/128/64/32 of 576) scaled to a model with ``n_tokens`` tokens.
+def budget_presets(n_tokens: int, budgets: Sequence[int] = PAPER_BUDGETS, of_tokens: int = 576) -> list[int]:
+    """A paper's ``budgets``, measured on ``of_tokens`` tokens, scaled to ``n_tokens`` tokens
+    (default: LLaVA-1.5's 192/128/64/32 of 576), largest first, each at least 1.
 
-    The app shows the presets the runner reports (each family's own: ``Adapter.budget_presets``);
-    this is their LLaVA-1.5 rule, for callers without a runner."""
-    return sorted({max(1, round(b * n_tokens / 576)) for b in PAPER_BUDGETS}, reverse=True)
+    The app shows the presets the runner reports (each family's own: ``Adapter.budget_presets``,
+    per image where they follow it: ``image_presets``); this is their rule, for callers without a
+    runner."""
+    return sorted({max(1, round(b * n_tokens / of_tokens)) for b in budgets}, reverse=True)
+
+
+def image_presets(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
+    """The budget presets for an image of ``n_tokens`` tokens on the model ``metadata`` describes.
+
+    A family whose presets are shares of each image's N (Qwen2.5-VL: its N follows the image)
+    reports ``metadata["preset_shares"]`` = (the paper's budgets, the N they were measured on), and
+    gets those shares of ``n_tokens``; every other family its fixed ``metadata["budget_presets"]``.
+    """
+    shares = metadata.get("preset_shares")
+    if shares is None:
+        return list(metadata["budget_presets"])
+    budgets, of_tokens = shares
+    return budget_presets(n_tokens, budgets, of_tokens)
 
 
 def default_budget(n_tokens: int, presets: Sequence[int] | None = None) -> int:
     """The budget the page and the API start from: the third preset (the paper's 64 of 576), or the
-    smallest of fewer. ``presets`` are the model's own (``Runner.metadata["budget_presets"]``);
-    without them, ``budget_presets(n_tokens)``."""
+    smallest of fewer. ``presets`` are the model's own (``Runner.metadata["budget_presets"]``, or
+    an image's ``image_presets``); without them, ``budget_presets(n_tokens)``."""
     presets = list(presets) if presets else budget_presets(n_tokens)
     return presets[2] if len(presets) > 2 else presets[-1]
 

@@ -32,9 +32,11 @@ from .choices import (
     check_methods,
     default_budget,
     describe_method,
+    image_presets,
     sweep_budgets,
     typed_truth,
 )
+from .gridview import draw_overlays, encoding_view
 from .replay import replay_frame
 from .runtime import GenerationOptions
 from .runtime.images import image_digest, load_image
@@ -65,6 +67,7 @@ class _Entry:
     example: str | None
     objects: tuple[tuple[str, str], ...] | None = None
     sweeps: dict[tuple, dict] = field(default_factory=dict)
+    grids: tuple = ()  # one visualizers.PatchGrid per grid of a multi-grid image, in view pixels (app.gridview)
 
 
 def _plain(value: Any) -> Any:
@@ -176,6 +179,7 @@ class ComparePipeline:
         return {
             "key": key,
             "n_tokens": encoding.n_tokens,
+            "presets": self.presets(key, session),  # this image's (Qwen2.5-VL: shares of its N)
             "grid": list(encoding.grid),
             "image_erank": encoding.image_erank,
             "attention_entropy": encoding.attention_entropy,
@@ -203,11 +207,11 @@ class ComparePipeline:
             return key, entry
         encoding = self.runner.encode(img, use_cache=False)
         example = self._truth_by_digest.get(key)
-        box = encoding.geometry.crop_box
-        view = img.crop(tuple(round(v) for v in box)).resize((VIEW_SIZE, VIEW_SIZE), Image.BICUBIC)
+        view, grids = encoding_view(img, encoding, VIEW_SIZE)
         entry = _Entry(
             encoding=encoding,
             view=view,
+            grids=grids,
             truth=example.truth if example else None,
             example=example.name if example else None,
             objects=example.objects if example else None,
@@ -240,8 +244,16 @@ class ComparePipeline:
         return entry
 
     def view_image(self, key: str, session: str = DEFAULT_SESSION) -> Image.Image:
-        """The image as the model's patch grid covers it, VIEW_SIZE pixels square."""
+        """The image the overlays are drawn on, VIEW_SIZE pixels a side (``app.gridview.encoding_view``)."""
         return self._entry(key, session).view
+
+    def presets(self, key: str, session: str = DEFAULT_SESSION) -> list[int]:
+        """The loaded image's budget presets (``choices.image_presets``: on Qwen2.5-VL, shares of its N)."""
+        return image_presets(self.runner.metadata, self._entry(key, session).encoding.n_tokens)
+
+    def patch_grids(self, key: str, session: str = DEFAULT_SESSION) -> tuple:
+        """One ``visualizers.PatchGrid`` per grid of the loaded image, in view pixels; () for one grid."""
+        return self._entry(key, session).grids
 
     def attention(self, key: str, session: str = DEFAULT_SESSION) -> list[float]:
         """The (N,) [CLS] attention of the loaded image."""
@@ -287,22 +299,9 @@ class ComparePipeline:
         params: Mapping[str, Mapping[str, Any]] | None,
         colour_by: str | None,
     ) -> dict[str, dict[str, Any]]:
-        from visualizers import overlay_selection
-
-        inputs = entry.encoding.inputs
-        out = {}
-        for method, sel in self._select(entry, methods, budget, params).items():
-            overlay = overlay_selection(
-                entry.view,
-                sel.keep.cpu(),
-                inputs.grid,
-                order=sel.order.cpu(),
-                groups=None if sel.groups is None else sel.groups.cpu(),
-                attention=inputs.cls_attn.float().cpu(),
-                colour_by=colour_by,
-            )
-            out[method] = {"overlay": overlay, **self._numbers(entry, sel)}
-        return out
+        inputs, selections = entry.encoding.inputs, self._select(entry, methods, budget, params)
+        drawn = draw_overlays(entry.view, entry.grids or inputs.grid, selections, inputs.cls_attn, colour_by)
+        return {method: {"overlay": drawn[method], **self._numbers(entry, sel)} for method, sel in selections.items()}
 
     @torch.inference_mode()
     def _numbers(self, entry: _Entry, sel: pruning.Selection) -> dict[str, Any]:
@@ -368,7 +367,7 @@ class ComparePipeline:
         """
         entry, _, budget = self._request(key, [method], budget, session)
         sel = self._select(entry, [method], budget, params)[method]
-        return replay_frame(entry.view, entry.encoding.inputs.grid, sel, step)
+        return replay_frame(entry.view, entry.grids or entry.encoding.inputs.grid, sel, step)
 
     # -- the slow path ---------------------------------------------------------------------------
 
@@ -469,19 +468,19 @@ class ComparePipeline:
     ) -> dict[str, Any]:
         """Everything about one comparison as JSON-ready values (the ``compare`` API endpoint).
 
-        ``budget`` None is ``default_budget`` (the third of the model's presets: 64 of 576 tokens for
-        LLaVA-1.5). The request is checked before the image is encoded; the image is held for this
-        call only (a private session released at the end).
+        ``budget`` None is ``default_budget`` of the image's presets (64 of 576 tokens for LLaVA-1.5).
+        The request is checked before the image is encoded; the image is held for this call only (a
+        private session released at the end).
         """
         methods = check_methods(methods)
-        presets = self.runner.metadata["budget_presets"]
-        budget = check_budget(default_budget(self.n_tokens, presets) if budget is None else budget, self.n_tokens)
+        budget = None if budget is None else check_budget(budget, self.n_tokens)
         prompt = self.check_prompt(prompt)
         typed = typed_truth(truth_text, self.vocabulary)
         session = f"call-{uuid.uuid4().hex}"
         try:
             summary = self.load(image, session)
             key = summary.pop("key")
+            budget = default_budget(summary["n_tokens"], summary["presets"]) if budget is None else budget
             entry = self._entry(key, session)
             views = self._view(entry, methods, budget, params, None)
             answers = self._answer(entry, prompt, methods, budget, params, typed, True, cancel)

@@ -228,7 +228,8 @@ class Handlers:
             erank_mean=cal["erank_avg"],
             erank_hi=cal["erank_p90"],
         )
-        heat = attention_heatmap(self.pipeline.attention(summary["key"], session), tuple(summary["grid"]))
+        grid = self.pipeline.patch_grids(summary["key"], session) or tuple(summary["grid"])  # several: one map each
+        heat = attention_heatmap(self.pipeline.attention(summary["key"], session), grid)
         return summary["key"], md, fig, heat
 
     def view(
@@ -327,9 +328,7 @@ class Handlers:
             raise ValueError(f"the pick must be a number, got {brief(step)}") from None
         step = int(min(max(1, round(step)), budget)) if math.isfinite(step) else 1
         frame = self.pipeline.step_through(key, method, budget, step, self.params(param_values), session=session)
-        cols = self.info["grid"][1]
-        row, col = divmod(frame["pick"], cols)
-        md = f"Pick **{step}** of {frame['n_steps']}: token {frame['pick']} (row {row}, col {col})."
+        md = f"Pick **{step}** of {frame['n_steps']}: token {frame['pick']} ({frame['place']})."
         if frame["tau"] is not None:
             md += (
                 f" τ = {frame['tau']:.3f}: it suppresses {len(frame['suppressed_now'])} token(s) now (crossed), "

@@ -3,7 +3,9 @@
 Each function follows methods.md line by line: a per-token Python loop that reads tensors with
 ``.item()``, distances and erank computed separately, nothing shared or precomputed. They are the
 yardstick for ``pruning``: tests check that both select exactly the same tokens on identical
-tensors, and ``benchmarks/selection.py`` times both.
+tensors, and ``benchmarks/selection.py`` times both. The in-LLM methods (FastV, DART at layer K)
+also have a whole run on a model, ``plain_inllm_run``: the stock forward's attention weights and
+cache for the rule, then plain recomputation with the dropped tokens masked (``tests/test_inllm.py``).
 """
 
 from __future__ import annotations
@@ -312,6 +314,142 @@ def plain_cdpruner(
         if j not in selected:
             selected.append(j)
     return selected
+
+
+
+def dpp_tie_horizon(
+    f: torch.Tensor, patch_embeds: torch.Tensor, text_embeds: torch.Tensor, k: int, rtol: float = 1e-6
+) -> int:
+    """How many of CDPruner's first ``k`` picks are decided by more than float rounding: the first
+    step of the greedy DPP walk, run in float64, whose best and second-best gains lie within
+    ``rtol`` times the largest first gain of each other (``k`` if none): float32's rounding
+    errors build up on the scale of the first gains, not of the shrinking later ones. From such a near-tie on, two float32 walks that sum in
+    different orders (CPUs, BLAS builds) may pick differently, and every later pick with them."""
+    fn = f.double() / f.double().norm(dim=1, keepdim=True)
+    img = patch_embeds.double() / patch_embeds.double().norm(dim=1, keepdim=True)
+    txt = text_embeds.double() / text_embeds.double().norm(dim=1, keepdim=True)
+    rel = (-(img @ txt.T)).mean(dim=-1)
+    rel = (rel - rel.min() + 1e-6) / (rel.max() - rel.min()) if rel.max() > rel.min() else torch.ones_like(rel)
+    kernel = rel[:, None] * (fn @ fn.T) * rel[None, :]
+    cis = torch.zeros(k, f.shape[0], dtype=torch.float64)
+    gains = torch.diagonal(kernel).clone()
+    scale = float(gains.max())
+    for i in range(min(k, f.shape[0] - 1)):
+        best, second = torch.topk(gains, 2).values.tolist()
+        if not best > 0 or best - second <= rtol * scale:
+            return i
+        j = int(torch.argmax(gains))
+        cis[i] = (kernel[j] - cis[:i, j] @ cis[:i]) / math.sqrt(best)
+        gains = gains - cis[i] * cis[i]
+        gains[j] = -float("inf")
+    return k
+
+# -- the in-LLM methods (FastV, DART at layer K): their rules, and a whole run on a model -------
+
+
+def plain_fastv(last_attn: torch.Tensor, k: int) -> list[int]:
+    scores = last_attn.tolist()
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return ranked[:k]
+
+
+def plain_dart_llm(
+    keys: torch.Tensor,
+    hidden: torch.Tensor,
+    text_keys: torch.Tensor,
+    text_hidden: torch.Tensor,
+    k: int,
+    pivots: int = 4,
+    text_pivots: int = 4,
+) -> list[int]:
+    n, t = keys.shape[0], text_keys.shape[0]
+    l1 = torch.norm(keys.float(), p=1, dim=-1).tolist()
+    text_l1 = torch.norm(text_keys.float(), p=1, dim=-1).tolist()
+    pivot_list = sorted(range(n), key=lambda i: (-l1[i], i))[: min(pivots, k)]
+    text_list = sorted(range(t), key=lambda i: (-text_l1[i], i))[: min(text_pivots, t)]
+    h = hidden.float()
+    hn = h / h.norm(dim=1, keepdim=True)
+    vectors = [hn[i : i + 1] for i in pivot_list]
+    for j in text_list:
+        v = text_hidden[j : j + 1].float()
+        vectors.append(v / v.norm(dim=1, keepdim=True))
+    selected = list(pivot_list)
+    valid = [i for i in range(n) if i not in pivot_list]
+    left, m = k - len(pivot_list), len(vectors)
+    for r, vec in enumerate(vectors):
+        count = left // m + (1 if r < left % m else 0)
+        if count == 0:
+            continue
+        sims = (vec @ hn.T)[0].tolist()
+        chosen = sorted(valid, key=lambda j: (sims[j], j))[:count]
+        selected.extend(chosen)
+        valid = [j for j in valid if j not in chosen]
+    return selected
+
+
+def plain_inllm_run(
+    model,
+    embeds: torch.Tensor,
+    visual_at: list[int],
+    text_from: int,
+    method: str,
+    k: int,
+    params: dict,
+    max_new_tokens: int,
+    eos: set[int],
+) -> tuple[list[int], list[int]]:
+    """FastV or DART at layer K on a model, the slow way: (kept visual tokens, greedy new token ids).
+
+    One stock forward of the whole prompt with eager attention gives layer K − 1's attention
+    weights, hidden states and cache; the rule picks from them. Then every new token recomputes the
+    whole sequence without a cache, at positions 0, 1, 2, ...: layers before K attend causally to
+    every token, layers from K on never to a dropped visual token (its column is masked for every
+    query), which is what removing it does to every other token.
+    """
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder.config._attn_implementation != "eager":
+        raise ValueError("plain_inllm_run reads attention weights: give it a model with eager attention")
+    layer, n = params["layer"], len(visual_at)
+    with torch.no_grad():
+        out = decoder(inputs_embeds=embeds[None], output_attentions=True, output_hidden_states=True, use_cache=True)
+        if k >= n:
+            picks = list(range(n))
+        elif method == "fastv":
+            row = out.attentions[layer - 1][0, :, -1, :].float().mean(dim=0)
+            picks = plain_fastv(row[visual_at], k)
+        elif method == "dart-llm":
+            key_states = out.cache.layers[layer - 1].keys[0]  # (heads, L, hd)
+            keys = torch.cat([key_states[hd] for hd in range(key_states.shape[0])], dim=1)  # (L, heads * hd)
+            hidden = decoder.norm(out.hidden_states[layer])[0]
+            extra = {name: params[name] for name in ("pivots", "text_pivots") if name in params}
+            picks = plain_dart_llm(keys[visual_at], hidden[visual_at], keys[text_from:], hidden[text_from:], k, **extra)
+        else:
+            raise ValueError(f"no plain in-LLM run of {method!r}")
+        kept = sorted(picks)
+        dropped = [visual_at[i] for i in range(n) if i not in kept]
+        seq, new = embeds[None], []
+        for _ in range(max_new_tokens):
+            length = seq.shape[1]
+            positions = torch.arange(length)[None]
+            neg = torch.finfo(seq.dtype).min
+            early = torch.zeros(length, length)
+            for q in range(length):
+                for c in range(q + 1, length):
+                    early[q, c] = neg
+            late = early.clone()
+            for c in dropped:
+                late[:, c] = neg
+            h = seq
+            rotary = decoder.rotary_emb(h, positions)
+            for i, block in enumerate(decoder.layers):
+                mask = (early if i < layer else late)[None, None].to(h.dtype)
+                h = block(h, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
+            token = torch.argmax(head(decoder.norm(h))[0, -1].float()).item()
+            new.append(token)
+            if token in eos:
+                break
+            seq = torch.cat([seq, model.get_input_embeddings()(torch.tensor([[token]]))], dim=1)
+    return kept, new
 
 
 def plain_select(method: str, inputs, k: int) -> list[int]:

@@ -2,29 +2,130 @@
 
     python -m benchmarks.selection                 # CPU, and CUDA when present
     python -m benchmarks.selection --sizes 576 --repeats 21
+    python -m benchmarks.selection --sizes 5x576 1225 --images 1
 
-For each size (N tokens, D = 4096, C = 1024, K = N / 9 as LLaVA-1.5's 64 of 576) it builds a few
-synthetic encodings (clustered patches, peaked attention: see ``benchmarks/synthetic.py``; with a
-synthetic question, ``with_query``, for the methods that need one), checks
-that ``pruning.select`` picks exactly the plain implementation's tokens on every one, and prints the
-median milliseconds per image of both, with their ratio. It exits non-zero if any selection differs.
+Cases (``--sizes``), K = N / 9 in each (LLaVA-1.5's 64 of 576):
+
+* ``576``: one 24 x 24 grid, C = 1024, D = 4096 (LLaVA-1.5-7B);
+* ``2880``: LLaVA-NeXT-7B's N as one 48 x 60 grid;
+* ``5x576``: LLaVA-NeXT-7B as PruneLens runs it, per crop: base image + 4 crops of 24 x 24, the
+  budget split over the grids and the method run in each (``app.runtime.grids.select_grids``),
+  against the plain implementation run grid by grid with the documented split;
+* ``1225``: Qwen2.5-VL-7B's merged grid of 35 x 35 tokens (its budgets' 1225), V = the merger's
+  input (4 x 1280 = 5120), D = 3584, keys of one 80-wide head.
+
+For each case it builds a few synthetic encodings (clustered patches, peaked attention: see
+``benchmarks/synthetic.py``; with a synthetic question, ``with_query``, for the methods that need
+one), checks that PruneLens picks exactly the plain implementation's tokens on every one, and prints
+the median milliseconds per image of both, with their ratio. It exits non-zero if any selection
+differs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import torch
 
 import pruning
+from app.runtime.adapters import ImageGeometry
+from app.runtime.grids import select_grids
+from app.runtime.records import GridPart
 from benchmarks.plain import plain_picks, plain_select
 from benchmarks.synthetic import synthetic_inputs
 
-GRIDS = {576: (24, 24), 2880: (48, 60)}
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark case: N tokens in one or more patch grids, with a model's feature widths.
+
+    Attributes:
+        grids: (rows, cols) of each grid; more than one runs per grid through ``select_grids``.
+        dim_pre: C, the width of V (the projector's input).
+        dim: D, the width of F (the LLM's).
+        key_dim: the width of the head-averaged keys Kv.
+    """
+
+    grids: tuple[tuple[int, int], ...]
+    dim_pre: int
+    dim: int
+    key_dim: int
+
+    @property
+    def n(self) -> int:
+        return sum(rows * cols for rows, cols in self.grids)
+
+    @property
+    def label(self) -> str:
+        """The N column: the token count, and the grids when there are several."""
+        sizes = {rows * cols for rows, cols in self.grids}
+        return str(self.n) if len(self.grids) == 1 else f"{self.n} ({len(self.grids)} × {'/'.join(map(str, sizes))})"
+
+
+CASES = {
+    "576": Case(((24, 24),), 1024, 4096, 64),  # LLaVA-1.5-7B
+    "2880": Case(((48, 60),), 1024, 4096, 64),  # LLaVA-NeXT-7B's N as one grid
+    "5x576": Case(((24, 24),) * 5, 1024, 4096, 64),  # LLaVA-NeXT-7B per crop: base + 2 x 2 crops
+    "1225": Case(((35, 35),), 5120, 3584, 80),  # Qwen2.5-VL-7B: 35 x 35 merged tokens
+}
+
+
+def plain_split(budget: int, sizes: Sequence[int]) -> list[int]:
+    """docs/models.md's budget split, transcribed plainly: ⌊K·nᵢ/N⌋ each, then one more token to
+    the grids with the largest remainders, ties to the earlier grid."""
+    total = sum(sizes)
+    budget = min(budget, total)
+    shares = [math.floor(budget * size / total) for size in sizes]
+    remainders = [budget * size / total - share for size, share in zip(sizes, shares)]
+    for _ in range(budget - sum(shares)):
+        best = 0
+        for i in range(len(sizes)):
+            if remainders[i] > remainders[best]:
+                best = i
+        shares[best] += 1
+        remainders[best] = -1.0
+    return shares
+
+
+def select_image(parts: Sequence[GridPart], method: str, k: int) -> pruning.Selection:
+    """PruneLens's selection on one synthetic image: ``pruning.select`` on its one grid, else
+    ``select_grids`` (the budget split, the method in every grid), as ``Runner.select`` does."""
+    if len(parts) == 1:
+        return pruning.select(method, parts[0].inputs, k)
+    return select_grids(parts, method, k)
+
+
+def plain_image(parts: Sequence[GridPart], method: str, k: int) -> list[int]:
+    """The plain implementation's picks on one synthetic image: on its one grid, else grid by grid
+    with the documented split, in the image's token numbering."""
+    if len(parts) == 1:
+        return plain_picks(method, parts[0].inputs, k).tolist()
+    picked = []
+    for part, share in zip(parts, plain_split(k, [p.n_tokens for p in parts])):
+        if share:
+            picked.extend(i + part.offset for i in plain_select(method, part.inputs, share))
+    return picked
+
+
+def grid_parts(case: Case, seed: int, device: str) -> tuple[GridPart, ...]:
+    """One synthetic image of ``case`` as ``GridPart``s: each grid its own encoding (own seed)."""
+    parts, offset = [], 0
+    for g, grid in enumerate(case.grids):
+        inputs = synthetic_inputs(
+            grid, case.dim_pre, case.dim, seed=seed * 100 + g, key_dim=case.key_dim, device=device
+        )
+        inputs = with_query(inputs, seed=seed * 100 + g)
+        side = 14 * max(grid)
+        geometry = ImageGeometry((side, side), (0.0, 0.0, float(side), float(side)), (side, side), 14, grid)
+        parts.append(GridPart(f"grid {g}", inputs, geometry, offset, pruning.effective_rank(inputs.feats)))
+        offset += inputs.n_tokens
+    return tuple(parts)
 
 
 def with_query(inputs: pruning.PruneInputs, *, seed: int = 0, dim: int = 64, n_text: int = 2) -> pruning.PruneInputs:
@@ -67,28 +168,25 @@ def picks(sel: pruning.Selection) -> list[int]:
     return sel.keep.tolist() if sel.tokens is not None else sel.order.tolist()
 
 
-def run(sizes, device: str, repeats: int, plain_repeats: int, n_images: int) -> bool:
+def run(cases: Sequence[str], device: str, repeats: int, plain_repeats: int, n_images: int) -> bool:
     all_same = True
     print(f"\n## {device.upper()}  ({torch.get_num_threads()} threads, torch {torch.__version__})\n")
     print("| N | K | method | pruning ms | plain ms | plain / pruning | same tokens |")
     print("|---:|---:|---|---:|---:|---:|:---:|")
-    for n in sizes:
-        grid = GRIDS[n]
-        k = n // 9
-        images = [
-            with_query(synthetic_inputs(grid, 1024, 4096, seed=s, device=device), seed=s) for s in range(n_images)
-        ]
-        cpu_images = [im.to("cpu") for im in images]
+    for name in cases:
+        case = CASES[name]
+        k = case.n // 9
+        images = [grid_parts(case, s, device) for s in range(n_images)]  # one tuple of grids per image
+        cpu_images = [tuple(dataclasses.replace(p, inputs=p.inputs.to("cpu")) for p in im) for im in images]
         for method in pruning.list_methods():
             same = all(
-                picks(pruning.select(method, im, k)) == plain_select(method, cpu, k)
-                for im, cpu in zip(images, cpu_images)
+                picks(select_image(im, method, k)) == plain_image(cpu, method, k) for im, cpu in zip(images, cpu_images)
             )
             all_same &= same
-            ours = median_ms(lambda im, m=method, k=k: pruning.select(m, im, k), images, repeats, device)
-            plain = median_ms(lambda im, m=method, k=k: plain_picks(m, im, k), cpu_images, plain_repeats, "cpu")
+            ours = median_ms(lambda im, m=method, k=k: select_image(im, m, k), images, repeats, device)
+            plain = median_ms(lambda im, m=method, k=k: plain_image(im, m, k), cpu_images, plain_repeats, "cpu")
             print(
-                f"| {n} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
+                f"| {case.label} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
                 f"{'yes' if same else 'NO'} |",
                 flush=True,
             )
@@ -96,11 +194,15 @@ def run(sizes, device: str, repeats: int, plain_repeats: int, n_images: int) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[576, 2880], choices=sorted(GRIDS))
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.selection", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", nargs="+", default=list(CASES), choices=list(CASES), help="cases to run (default: all; see above)"
+    )
     parser.add_argument("--repeats", type=int, default=11, help="timed passes over the images (pruning)")
     parser.add_argument("--plain-repeats", type=int, default=3, help="timed passes for the plain versions")
-    parser.add_argument("--images", type=int, default=3, help="distinct synthetic images per size")
+    parser.add_argument("--images", type=int, default=3, help="distinct synthetic images per case")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
     devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device]

@@ -3,7 +3,8 @@
     import pruning
     sel = pruning.select("adaptive", inputs, budget=64, erank_avg=90.0)
     sel.keep                      # raster-sorted kept patch indices
-    pruning.list_methods()        # every registered method
+    pruning.list_methods()        # every method that selects before the LLM (from PruneInputs)
+    pruning.list_methods("in-llm")  # those that select inside it (fastv, dart-llm: LayerInputs)
     pruning.get_method("adaptive").ranges["tau_max"]   # what a widget may offer for a parameter
 
 Methods and metrics follow docs/methods.md; see each ``select_<name>`` docstring. The paper's
@@ -16,16 +17,19 @@ from .calibration import LLAVA15_7B
 from .methods.adaptive import select_adaptive
 from .methods.attention import select_attention
 from .methods.baselines import select_random, select_uniform
+from .methods.dart import select_dart, select_dart_llm
 from .methods.diversity import select_diversity
+from .methods.fastv import select_fastv
 from .methods.hybrid import select_hybrid, select_hybrid_erank
 from .methods.visionzip import select_visionzip
 from .methods.vispruner import select_vispruner
 from .metrics import attention_entropy, effective_rank, retained_attention
 from .registry import MethodSpec, ParamRange, get_method, list_methods, method_params, select, select_batch
-from .types import PruneInputs, Selection
+from .types import LayerInputs, PruneInputs, Selection
 
 __all__ = [
     "LLAVA15_7B",
+    "LayerInputs",
     "MethodSpec",
     "ParamRange",
     "PruneInputs",
@@ -41,7 +45,10 @@ __all__ = [
     "select_adaptive",
     "select_attention",
     "select_batch",
+    "select_dart",
+    "select_dart_llm",
     "select_diversity",
+    "select_fastv",
     "select_hybrid",
     "select_hybrid_erank",
     "select_random",

@@ -10,6 +10,13 @@ with it, so the app names no method itself: the range of each parameter (``range
 check), whether its pick order is a greedy walk that can be replayed pick by pick
 (``replayable``), whether it merges tokens (``merges``) and which parameter caps the τ schedule it
 reports (``tau_schedule``).
+
+Methods come in two stages. ``"pre-llm"`` methods select from one image's ``PruneInputs`` before
+the language model runs; ``list_methods()`` lists them, and everything that hands methods a
+``PruneInputs`` (property tests, benchmarks, the analysis CLI) reads that list. ``"in-llm"``
+methods (FastV, DART at layer K) select inside the language model, at decoder layer ``layer`` (a
+parameter each of them has), from that layer's state (``LayerInputs``), so what they keep depends
+on the prompt; ``list_methods("in-llm")`` lists them and ``list_methods("all")`` lists both.
 """
 
 from __future__ import annotations
@@ -19,14 +26,15 @@ import inspect
 import math
 import reprlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .types import PruneInputs, Selection
+from .types import LayerInputs, PruneInputs, Selection
 
 __all__ = [
+    "STAGES",
     "Check",
     "MethodSpec",
     "ParamRange",
@@ -37,6 +45,9 @@ __all__ = [
     "select",
     "select_batch",
 ]
+
+STAGES = ("pre-llm", "in-llm")  # where a method selects: from PruneInputs, or inside the LLM from LayerInputs
+LAYER_PARAM = "layer"  # the parameter of every in-LLM method: the decoder layer from which it prunes
 
 
 def _quote(value: Any) -> str:
@@ -88,6 +99,7 @@ erank_value = Check(
 )
 optional_positive_int = Check(lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive int", "int", lo=1)
 positive_int = Check(lambda v: _is_int(v) and v >= 1, "a positive int", "int", lo=1)
+non_negative_int = Check(lambda v: _is_int(v) and v >= 0, "a non-negative int", "int", lo=0)
 # A share strictly below 1 (CDPruner's θ: α = θ / (2(1 − θ)) is unbounded at 1), or None for none.
 optional_below_one = Check(
     lambda v: v is None or (_is_number(v) and 0 <= v < 1), "None or a number in [0, 1)", lo=0.0, hi=0.95, step=0.05
@@ -149,6 +161,11 @@ class MethodSpec:
         tau_schedule: the parameter that caps the threshold τ of each pick, which the method reports
             in ``info["taus"]`` (and the tokens each pick suppressed in ``info["removed_at"]``);
             None when it has no such schedule.
+        stage: ``"pre-llm"`` (``fn`` takes a ``PruneInputs``) or ``"in-llm"`` (``fn`` takes a
+            ``LayerInputs``, the language model's state at decoder layer ``defaults["layer"]``;
+            ``needs`` then names its fields).
+        checks: per keyword parameter, the check the registry applies (parameters without one are
+            the method's to check).
     """
 
     name: str
@@ -160,6 +177,25 @@ class MethodSpec:
     replayable: bool = False
     merges: bool = False
     tau_schedule: str | None = None
+    stage: str = "pre-llm"
+    checks: dict[str, Callable[[str, Any], None]] = field(default_factory=dict)
+
+    def check_request(self, budget: Any, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The budget and every parameter (defaults filled in), validated as ``select`` does before the rule.
+
+        For callers that run the method later, e.g. an in-LLM method inside a generation: a bad
+        budget, an unknown parameter or a value its check refuses is a ``ValueError`` now.
+        """
+        budget = _check_budget(budget)
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} has no parameter(s) {_quote(sorted(unknown))}; "
+                f"it takes {sorted(self.defaults) or 'none'}"
+            )
+        for key, check in self.checks.items():
+            check(key, params.get(key, self.defaults[key]))
+        return budget, {**self.defaults, **params}
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -176,7 +212,7 @@ def _check_budget(budget: Any) -> int:
     return budget
 
 
-def keep_all(name: str, inputs: PruneInputs, budget: int) -> Selection:
+def keep_all(name: str, inputs: PruneInputs | LayerInputs, budget: int) -> Selection:
     """The selection that keeps every token (a budget at or above N)."""
     n = inputs.n_tokens
     every = torch.arange(n, device=inputs.device)
@@ -192,6 +228,7 @@ def register(
     replayable: bool = False,
     merges: bool = False,
     tau_schedule: str | None = None,
+    stage: str = "pre-llm",
 ):
     """Register ``fn(inputs, budget, *, **params) -> Selection`` under ``name``.
 
@@ -201,9 +238,13 @@ def register(
     check). A budget at or above N returns the keep-everything selection without running the method
     (``info["budget_clipped"]`` says if the request exceeded N). ``replayable``, ``merges`` and
     ``tau_schedule`` are the capabilities ``MethodSpec`` describes. Every default must pass its
-    check, so a widget's starting value is always valid.
+    check, so a widget's starting value is always valid. ``stage="in-llm"`` registers a method that
+    takes a ``LayerInputs`` (and refuses a ``PruneInputs`` in words); it must have a ``layer``
+    parameter, the decoder layer from which it prunes.
     """
     given = dict(checks or {})
+    if stage not in STAGES:
+        raise TypeError(f"stage of method {name!r} must be one of {STAGES}, got {stage!r}")
 
     def decorator(fn: Callable[..., Selection]) -> Callable[..., Selection]:
         sig = inspect.signature(fn)
@@ -211,6 +252,10 @@ def register(
         unknown_checks = set(given) - set(defaults)
         if unknown_checks:
             raise TypeError(f"checks for unknown parameters {sorted(unknown_checks)} of method {name!r}")
+        if stage == "in-llm" and LAYER_PARAM not in defaults:
+            raise TypeError(
+                f"in-LLM method {name!r} needs a {LAYER_PARAM!r} parameter (the decoder layer it prunes at)"
+            )
         if tau_schedule is not None and tau_schedule not in defaults:
             raise TypeError(f"tau_schedule {tau_schedule!r} of method {name!r} is not one of its parameters")
         checks = {
@@ -225,18 +270,17 @@ def register(
                 raise TypeError(f"method {name!r}: a default fails its own check ({err})") from None
 
         @functools.wraps(fn)
-        def validated(inputs: PruneInputs, budget: int, **params: Any) -> Selection:
-            if not isinstance(inputs, PruneInputs):
-                raise ValueError(f"inputs must be a PruneInputs, got {type(inputs).__name__}")
-            budget = _check_budget(budget)
-            unknown = set(params) - set(defaults)
-            if unknown:
+        def validated(inputs: PruneInputs | LayerInputs, budget: int, **params: Any) -> Selection:
+            if stage == "in-llm" and not isinstance(inputs, LayerInputs):
+                layer = params.get(LAYER_PARAM, defaults[LAYER_PARAM])
                 raise ValueError(
-                    f"method {name!r} has no parameter(s) {_quote(sorted(unknown))}; "
-                    f"it takes {sorted(defaults) or 'none'}"
+                    f"method {name!r} selects inside the language model, from decoder layer {_quote(layer)} on, "
+                    f"with that layer's state: it takes a pruning.LayerInputs, not a {type(inputs).__name__}; "
+                    "app.runtime runs it on a model (Runner.plan, then Runner.generate)"
                 )
-            for key, check in checks.items():
-                check(key, params.get(key, defaults[key]))
+            if stage == "pre-llm" and not isinstance(inputs, PruneInputs):
+                raise ValueError(f"inputs must be a PruneInputs, got {type(inputs).__name__}")
+            budget, _ = spec.check_request(budget, params)
             for field_name in needs:
                 if getattr(inputs, field_name) is None:
                     raise ValueError(f"method {name!r} needs inputs.{field_name}, which is None")
@@ -247,7 +291,7 @@ def register(
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(
+        spec = MethodSpec(
             name=name,
             fn=validated,
             defaults=defaults,
@@ -257,15 +301,26 @@ def register(
             replayable=replayable,
             merges=merges,
             tau_schedule=tau_schedule,
+            stage=stage,
+            checks=checks,
         )
+        _REGISTRY[name] = spec
         return validated
 
     return decorator
 
 
-def list_methods() -> list[str]:
-    """Names of every registered method, in registration order."""
-    return list(_REGISTRY)
+def list_methods(stage: str = "pre-llm") -> list[str]:
+    """Names of the registered methods of ``stage``, in registration order.
+
+    ``"pre-llm"`` (the default): the methods that select from a ``PruneInputs`` before the language
+    model, what every caller holding a ``PruneInputs`` may run. ``"in-llm"``: the methods that
+    select inside the language model (``LayerInputs``; app.runtime runs them during generation).
+    ``"all"``: both, in registration order.
+    """
+    if stage not in (*STAGES, "all"):
+        raise ValueError(f"stage must be one of {', '.join(map(repr, (*STAGES, 'all')))}, got {_quote(stage)}")
+    return [name for name, spec in _REGISTRY.items() if stage in ("all", spec.stage)]
 
 
 def get_method(name: str) -> MethodSpec:
@@ -281,8 +336,12 @@ def method_params(name: str) -> dict[str, Any]:
     return dict(get_method(name).defaults)
 
 
-def select(method: str, inputs: PruneInputs, budget: int, **params: Any) -> Selection:
-    """Run the registered method ``method`` on one image's ``inputs`` with a budget of K tokens."""
+def select(method: str, inputs: PruneInputs | LayerInputs, budget: int, **params: Any) -> Selection:
+    """Run the registered method ``method`` on one image's ``inputs`` with a budget of K tokens.
+
+    ``inputs`` is a ``PruneInputs`` for the pre-LLM methods and a ``LayerInputs`` (the language
+    model's state at the pruning layer) for the in-LLM ones; the other kind is refused in words.
+    """
     return get_method(method).fn(inputs, budget, **params)
 
 

@@ -1,8 +1,10 @@
-"""The two records every pruning method speaks: what it selects from, and what it selected.
+"""The records every pruning method speaks: what it selects from, and what it selected.
 
 Field names follow ``docs/methods.md``: ``feats_pre`` is V, ``feats`` is F, ``cls_attn`` is a,
-``keys`` is Kv, ``patch_embeds`` is E and ``text_embeds`` is T. Both records are frozen; methods never
-mutate them.
+``keys`` is Kv, ``patch_embeds`` is E and ``text_embeds`` is T. The methods that select before the
+language model read a ``PruneInputs``; those that select inside it (FastV, DART at layer K) read a
+``LayerInputs``, the language model's state at the layer where they prune. Every record is frozen;
+methods never mutate them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["PruneInputs", "Selection"]
+__all__ = ["LayerInputs", "PruneInputs", "Selection"]
 
 
 def _check_tensor(name: str, value: Any, ndim: int) -> torch.Tensor:
@@ -177,6 +179,74 @@ class PruneInputs:
             patch_embeds=move(self.patch_embeds),
             text_embeds=move(self.text_embeds),
         )
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """One prompt's language-model state where an in-LLM method prunes (methods.md §13, §14).
+
+    The runtime fills in what the method ``needs`` from decoder layer K − 1 of a prefill over the
+    whole prompt, every visual token included; rows are the N visual tokens in the encoding's
+    order (raster order inside each grid), text rows the prompt tokens after the image.
+
+    Attributes:
+        last_attn: optional (N,) attention of the last prompt token to each visual token in layer
+            K − 1, softmax probabilities over the whole prompt averaged over heads, not
+            renormalised (FastV).
+        keys: optional (N, h) the visual tokens' keys in layer K − 1 as attention uses them (after
+            the rotary embedding), every key head side by side (DART).
+        hidden: optional (N, D) the visual tokens' hidden states leaving layer K − 1 (entering layer
+            K) through the model's final norm (DART).
+        text_keys: optional (T, h) the same keys of the T prompt tokens after the image (DART).
+        text_hidden: optional (T, D) the same hidden states of those tokens (DART).
+
+    Construction validates shapes, agreement of N (and T) across tensors, widths, devices and
+    finiteness, and raises ``ValueError`` naming the offending field.
+    """
+
+    last_attn: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    text_keys: torch.Tensor | None = None
+    text_hidden: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        given = {name: getattr(self, name) for name in ("last_attn", "keys", "hidden", "text_keys", "text_hidden")}
+        for name, t in given.items():
+            if t is not None:
+                _check_tensor(name, t, 1 if name == "last_attn" else 2)
+        visual = {name: given[name] for name in ("last_attn", "keys", "hidden") if given[name] is not None}
+        if not visual:
+            raise ValueError("LayerInputs needs at least one of last_attn, keys or hidden (the visual tokens' state)")
+        first, ref = next(iter(visual.items()))
+        n = ref.shape[0]
+        if n < 1:
+            raise ValueError(f"{first} has no tokens (N = 0)")
+        for name, t in visual.items():
+            if t.shape[0] != n:
+                raise ValueError(f"{name} has {t.shape[0]} tokens but {first} has {n}: N must match")
+        if self.last_attn is not None and bool((self.last_attn < 0).any()):
+            raise ValueError(f"last_attn must be non-negative, got minimum {self.last_attn.min().item()}")
+        tk, th = self.text_keys, self.text_hidden
+        if tk is not None and th is not None and tk.shape[0] != th.shape[0]:
+            raise ValueError(f"text_keys has {tk.shape[0]} tokens but text_hidden has {th.shape[0]}: T must match")
+        for text, own in (("text_keys", "keys"), ("text_hidden", "hidden")):
+            t, o = given[text], given[own]
+            if t is not None and o is not None and t.shape[1] != o.shape[1]:
+                raise ValueError(f"{text} has {t.shape[1]} channels but {own} has {o.shape[1]}: they must match")
+        device = ref.device
+        for name, t in given.items():
+            if t is not None and t.device != device:
+                raise ValueError(f"{name} is on {t.device} but {first} is on {device}: put all inputs on one device")
+
+    @property
+    def n_tokens(self) -> int:
+        """N, the number of visual tokens."""
+        return next(t for t in (self.last_attn, self.keys, self.hidden) if t is not None).shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(t for t in (self.last_attn, self.keys, self.hidden) if t is not None).device
 
 
 @dataclass(frozen=True)

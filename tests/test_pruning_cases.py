@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import pruning
-from benchmarks.plain import plain_select, plain_visionzip
+from benchmarks.plain import dpp_tie_horizon, plain_select, plain_visionzip
 from benchmarks.selection import with_query
 from benchmarks.synthetic import synthetic_inputs
 
@@ -190,6 +190,10 @@ def test_matches_plain_reference(method, seed):
         sel = pruning.select(method, inputs, budget)
         ref = plain_select(method, inputs, budget)
         got = sel.keep.tolist() if pruning.get_method(method).merges else sel.order.tolist()
+        if method == "cdpruner":  # picks past a float near-tie depend on the CPU's summation order
+            horizon = dpp_tie_horizon(inputs.feats, inputs.patch_embeds, inputs.text_embeds, budget)
+            assert horizon >= min(budget, 64), f"a near-tie at pick {horizon}: the case tests too little"
+            got, ref = got[:horizon], ref[:horizon]
         assert got == ref, f"{method} at K={budget} differs from the plain reference"
     if method == "visionzip":
         _, tokens = plain_visionzip(inputs.feats_pre, inputs.cls_attn, inputs.keys, inputs.cls_feat, 64)

@@ -3,10 +3,15 @@
 Tiny random models of each stock class are built in memory (``app.runtime.synthetic.tiny_family``,
 ``from_config``; nothing is downloaded) and run greedily in float32 on CPU, where the runtime and
 the stock paths must agree token for token. Images are chosen so that the crops are unpadded
-(rows or columns dropped) and, for OneVision, so that the model shrinks the stitched grid.
+(rows or columns dropped, different windows in different crops) and, for OneVision, so that the
+model shrinks the stitched grid (a large image, or a small ``anyres_max`` k). Which crop and
+patches each grid's tokens come from is read from the stock packing itself (``crop_windows``), so
+a signal, V or window taken from the wrong crop fails.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -14,14 +19,15 @@ import torch
 from PIL import Image
 from transformers import LlamaConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 from transformers.vision_utils import get_vision_window_index
 
 import pruning
 from app import calibrate
 from app.preflight import SUPPORTED_ARCHITECTURES, PreflightError, check_model
 from app.runtime import GenerationOptions, Runner, load_runner
-from app.runtime.grids import split_budget
-from app.runtime.synthetic import tiny_family
+from app.runtime.grids import split_budget, visual_sequence
+from app.runtime.synthetic import build_onevision_model, onevision_processor, onevision_tokenizer, tiny_family
 
 PROMPT = "what is in this image ?"
 MAX_NEW = 8
@@ -103,6 +109,44 @@ def stock_packed(model, processor, image) -> tuple[torch.Tensor, torch.Tensor]:
     return out.pooler_output[0], slots.round().long() if exact else None
 
 
+def crop_windows(enc, slots: torch.Tensor, side: int) -> list[tuple[int, torch.Tensor]]:
+    """Per grid, the crop its tokens were packed from and their patch indices in that crop, read
+    from the stock slots (``stock_packed``) at the places the encoding's layout puts them; checked
+    to be one crop each, a raster rectangle of the grid's shape, crops in increasing order."""
+    n = side * side
+    sequence = enc.layout.sequence
+    raw = torch.full((enc.n_tokens,), -1, dtype=torch.long)
+    raw[sequence[sequence >= 0]] = slots[sequence >= 0]  # (N,) crop * n + patch of each token
+    windows = []
+    for part in enc.parts:
+        own = raw[part.offset : part.offset + part.n_tokens]
+        crops = (own // n).unique()
+        assert crops.numel() == 1, f"{part.name} mixes crops {crops.tolist()}"
+        local = own % n
+        rows, cols = part.inputs.grid
+        top, left = divmod(int(local[0]), side)
+        rectangle = (torch.arange(rows)[:, None] + top) * side + torch.arange(cols)[None] + left  # (rows, cols)
+        assert torch.equal(local, rectangle.reshape(-1)), part.name
+        windows.append((int(crops[0]), local))
+    assert [crop for crop, _ in windows] == sorted({crop for crop, _ in windows})
+    return windows
+
+
+def stock_generate_on(model, processor, runner, visual: torch.Tensor) -> list[int]:
+    """The stock model's greedy answer with ``visual`` (L, D) fed in place of the image's features."""
+    text = runner.adapter.render_prompt(PROMPT).replace("<image>", "<image>" * visual.shape[0])
+    ids = processor.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[visual])},
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_unpruned_and_keep_all_match_stock_generate(tiny, runner, size):
     _, model, processor = tiny
@@ -162,20 +206,10 @@ def test_pruned_runs_see_exactly_k_tokens_in_the_stock_order(tiny, runner, size,
             expected.append(packed[position])
             row_kept = False
     visual = torch.stack(expected)  # (K + R, D)
-    text = runner.adapter.render_prompt(PROMPT).replace("<image>", "<image>" * visual.shape[0])
-    ids = processor.tokenizer(text, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[visual])},
-            max_new_tokens=MAX_NEW,
-            do_sample=False,
-        )
     got = runner.generate(enc, PROMPT, sel, options())
     assert got.n_visual_tokens == budget
     assert got.n_visual_tokens + got.n_layout_tokens == visual.shape[0]
-    assert list(got.token_ids) == out[0, ids.shape[1] :].tolist()
+    assert list(got.token_ids) == stock_generate_on(model, processor, runner, visual)
 
 
 def test_each_grid_selects_with_its_own_signal(tiny, runner):
@@ -194,54 +228,246 @@ def test_each_grid_selects_with_its_own_signal(tiny, runner):
     assert local[0] != local[1]  # the two crops pick different patches
 
 
-def test_next_cls_rows_equal_eager_attention_per_crop():
-    model, processor = tiny_family("llava_next")
-    runner = Runner.from_model(model, processor, name="tiny-next")
-    image = random_image(5, (33, 100))
-    enc = runner.encode(image)
-    eager, _ = tiny_family("llava_next")
+def eager_attention(family: str, processor, image, layer: int) -> torch.Tensor:
+    """(P, H, T, T) eager attention weights of tower layer ``layer`` on the image's crops (base first),
+    from a twin of the tiny model (same seed) whose tower runs in eager mode."""
+    eager, _ = tiny_family(family)
     eager.model.vision_tower.config._attn_implementation = "eager"
     pixels = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]  # (P, 3, S, S)
     with torch.inference_mode():
-        attn = eager.model.vision_tower(pixels, output_attentions=True).attentions[runner.adapter.feature_index - 1]
+        return eager.model.vision_tower(pixels, output_attentions=True).attentions[layer]
+
+
+# (width, height): 2 x 2 crops losing a padding row at the top and the bottom (the top crops keep
+# their rows 1-3, the bottom ones rows 0-2; OneVision does not shrink it); 2 x 1 crops losing
+# columns on both sides
+NEXT_WINDOWS = ((105, 70), (33, 100))
+
+
+@pytest.mark.parametrize("size", NEXT_WINDOWS)
+def test_next_each_crop_signal_is_its_own_cls_row_on_its_own_window(size):
+    """Each grid's a is the eager [CLS] row of its own crop at exactly the patches the model kept of
+    that crop; no other crop's row on that window matches (the official code copies the first's)."""
+    model, processor = tiny_family("llava_next")
+    runner = Runner.from_model(model, processor, name="tiny-next")
+    image = random_image(5, size)
+    enc = runner.encode(image)
+    _, slots = stock_packed(model, processor, image)
     side = runner.adapter.grid[0]
-    rows = attn[:, :, 0, 1:].mean(dim=1).view(-1, side, side)  # (P, side, side): each crop's own [CLS] row
-    for crop, part in enumerate(enc.parts):  # every crop keeps patches here: grid i is crop i
-        rows_, cols_ = part.inputs.grid
-        own = rows[crop]  # (side, side)
-        windows = [own[r : r + rows_, c : c + cols_].reshape(-1) for r in range(side - rows_ + 1)
-                   for c in range(side - cols_ + 1)]  # fmt: skip
-        assert any(torch.allclose(w, part.inputs.cls_attn, rtol=1e-5, atol=1e-6) for w in windows), part.name
-        assert float(own.sum()) < 1.0  # the [CLS] column was dropped, no renormalisation
+    windows = crop_windows(enc, slots, side)
+    attn = eager_attention("llava_next", processor, image, runner.adapter.feature_index - 1)
+    rows = attn[:, :, 0, 1:].mean(dim=1)  # (P, n): each crop's own [CLS] row, heads averaged
+    assert [crop for crop, _ in windows] == list(range(rows.shape[0]))  # every crop keeps patches here
+    assert all(local.numel() < side * side for _, local in windows[1:])  # the unpadding cut every crop
+    for part, (crop, local) in zip(enc.parts, windows, strict=True):
+        torch.testing.assert_close(part.inputs.cls_attn, rows[crop, local], rtol=1e-5, atol=1e-6)
+        for other in set(range(rows.shape[0])) - {crop}:
+            assert not torch.allclose(rows[other, local], part.inputs.cls_attn, rtol=1e-3, atol=1e-5), part.name
+        assert float(part.inputs.cls_attn.sum()) < 1.0  # the [CLS] column was dropped, no renormalisation
+    if size == NEXT_WINDOWS[0]:
+        assert len({tuple(local.tolist()) for _, local in windows[1:]}) == 2  # top and bottom windows differ
 
 
-def test_onevision_signal_is_received_attention_equal_to_eager():
+@pytest.mark.parametrize("size", ((70, 40), (200, 30), NEXT_WINDOWS[0]))
+def test_onevision_signal_is_the_attention_its_crops_patches_receive(size):
+    """Each grid's a is the eager attention its own crop's patches receive (over heads and that crop's
+    queries), at exactly the patches the model kept of that crop."""
     model, processor = tiny_family("llava_onevision")
     runner = Runner.from_model(model, processor, name="tiny-ov")
-    image = random_image(6, (70, 40))
+    image = random_image(6, size)
     enc = runner.encode(image)
-    eager, _ = tiny_family("llava_onevision")
-    eager.model.vision_tower.config._attn_implementation = "eager"
-    pixels = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-    with torch.inference_mode():
-        attn = eager.model.vision_tower(pixels, output_attentions=True).attentions[runner.adapter.feature_index - 1]
+    _, slots = stock_packed(model, processor, image)
+    windows = crop_windows(enc, slots, runner.adapter.grid[0])
+    attn = eager_attention("llava_onevision", processor, image, runner.adapter.feature_index - 1)
     received = attn.mean(dim=(1, 2))  # (P, T): over heads and queries
-    for crop, part in enumerate(enc.parts):
-        torch.testing.assert_close(part.inputs.cls_attn, received[crop], rtol=1e-5, atol=1e-6)
+    for part, (crop, local) in zip(enc.parts, windows, strict=True):
+        torch.testing.assert_close(part.inputs.cls_attn, received[crop, local], rtol=1e-5, atol=1e-6)
+        for other in set(range(received.shape[0])) - {crop}:
+            assert not torch.allclose(received[other, local], part.inputs.cls_attn, rtol=1e-3, atol=1e-5)
         assert part.inputs.cls_feat is None
     assert float(enc.parts[0].inputs.cls_attn.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_onevision_shrunk_grid_is_one_grid_with_the_stock_tokens():
+@pytest.mark.parametrize("size", (*SIZES[:3], NEXT_WINDOWS[0]))
+def test_each_grid_is_its_crops_v_and_the_projector_maps_it_to_the_stock_f(tiny, runner, size):
+    """A grid's V is its own crop's feature-layer patches; the stock projector maps it to the grid's
+    F; the grids' projected V in layout order, newlines in, are the stock ``get_image_features``."""
+    _, model, processor = tiny
+    image = random_image(17, size)
+    enc = runner.encode(image)
+    pixels = processor.image_processor(images=image, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.get_image_features(
+            pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"], output_hidden_states=True
+        )
+    _, slots = stock_packed(model, processor, image)
+    hidden = out.hidden_states[model.config.vision_feature_layer]  # (P, T, C), what the projector reads
+    first = 1 if model.config.vision_feature_select_strategy == "default" else 0  # [CLS] leads each crop
+    projected = []
+    for part, (crop, local) in zip(enc.parts, crop_windows(enc, slots, runner.adapter.grid[0]), strict=True):
+        assert torch.equal(part.inputs.feats_pre, hidden[crop, first + local]), part.name
+        with torch.inference_mode():
+            projected.append(model.model.multi_modal_projector(part.inputs.feats_pre))  # (n_i, D)
+        torch.testing.assert_close(projected[-1], part.inputs.feats, rtol=1e-5, atol=1e-6)
+    sequence, n_newlines = visual_sequence(enc.layout, torch.cat(projected), None)
+    packed = out.pooler_output[0]
+    torch.testing.assert_close(sequence, packed, rtol=1e-5, atol=1e-6)
+    assert n_newlines == int((slots < 0).sum())
+    assert torch.equal(runner.image_sequence(enc)[0], packed)  # the runtime feeds the stock values themselves
+
+
+@pytest.mark.parametrize("size", SIZES[1:3])
+def test_onevision_unpadding_gives_the_stock_count_layout_and_answer(size):
     model, processor = tiny_family("llava_onevision")
     runner = Runner.from_model(model, processor, name="tiny-ov")
-    enc = runner.encode(random_image(7, (300, 300)))
+    image = random_image(18, size)
+    packed, slots = stock_packed(model, processor, image)
+    n = runner.adapter.grid[0] * runner.adapter.grid[1]
+    n_crops = processor.image_processor(images=image, return_tensors="pt")["pixel_values"].shape[1]
+    is_token = slots >= 0
+    assert int(is_token.sum()) < n_crops * n  # the model dropped padding rows or columns
+    enc = runner.encode(image)
+    assert enc.n_tokens == int(is_token.sum())
+    assert torch.equal(enc.layout.sequence >= 0, is_token)  # tokens and newlines at the stock places
+    assert torch.equal(packed[is_token], enc.inputs.feats[enc.layout.sequence[is_token]])
+    windows = crop_windows(enc, slots, runner.adapter.grid[0])
+    assert all(local.numel() < n for _, local in windows[1:])
+    newlines_before = torch.cumsum((~is_token).long(), dim=0) - (~is_token).long()  # (L,)
+    lines = torch.where(slots[is_token] >= n, newlines_before[is_token], -1)  # stock row of each token slot
+    assert torch.equal(enc.layout.lines[enc.layout.sequence[is_token]], lines)
+    expected = stock_generate(model, processor, runner, image)
+    keep_all = runner.select(enc, "diversity", enc.n_tokens)
+    assert list(runner.generate(enc, PROMPT, keep_all, options()).token_ids) == expected
+
+
+# anyres_max_k exceeded: 3 x 3 crops over the tiny model's 4 crops' worth; 2 crops over 1 crop's worth
+SHRUNK = (("anyres_max_4", (300, 300)), ("anyres_max_1", (70, 40)))
+
+
+@pytest.fixture(scope="module", params=SHRUNK, ids=[aspect for aspect, _ in SHRUNK])
+def shrunk(request):
+    aspect, size = request.param
+    tokenizer = onevision_tokenizer()
+    model, processor = build_onevision_model(tokenizer, aspect_ratio=aspect), onevision_processor(tokenizer)
+    return model, processor, Runner.from_model(model, processor, name=f"tiny-ov-{aspect}"), random_image(7, size)
+
+
+def test_onevision_shrunk_grid_gives_the_stock_answer_and_exactly_k_tokens(shrunk):
+    model, processor, runner, image = shrunk
+    packed, _ = stock_packed(model, processor, image)
+    pixels = processor.image_processor(images=image, return_tensors="pt")
+    n = runner.adapter.grid[0] * runner.adapter.grid[1]
+    with torch.inference_mode():
+        unshrunk, _ = model.model.pack_image_features(
+            [torch.zeros(pixels["pixel_values"].shape[1], n, 1)],
+            pixels["image_sizes"],
+            image_newline=torch.zeros(1),
+            vision_aspect_ratio="anyres_max_1000000",
+        )
+    assert packed.shape[0] < unshrunk[0].shape[0]  # the model shrank the stitched grid
+    enc = runner.encode(image)
     assert [p.name for p in enc.parts] == ["base", "high-res"]
+    is_newline = (packed == model.model.image_newline).all(dim=1)  # (L,)
     rows, cols = enc.parts[1].inputs.grid
-    assert enc.parts[1].n_tokens == rows * cols and int((enc.layout.sequence < 0).sum()) == rows
-    assert enc.parts[1].geometry.crop_box == pytest.approx((0.0, 0.0, 300.0, 300.0))
-    sel = runner.select(enc, "adaptive", 12)
-    assert runner.generate(enc, PROMPT, sel, options(2)).n_visual_tokens == 12
+    assert int(is_newline.sum()) == rows and enc.n_tokens == n + rows * cols == int((~is_newline).sum())
+    assert torch.equal(enc.layout.sequence < 0, is_newline)
+    assert torch.equal(enc.inputs.feats, packed[~is_newline])  # base, then the shrunk rows: stock values
+    box, (width, height) = enc.parts[1].geometry.crop_box, image.size
+    assert box[0] <= 1e-6 and box[1] <= 1e-6 and box[2] >= width - 1e-6 and box[3] >= height - 1e-6
+    expected = stock_generate(model, processor, runner, image)
+    assert list(runner.generate(enc, PROMPT, None, options()).token_ids) == expected
+    keep_all = runner.select(enc, "attention", enc.n_tokens)
+    assert list(runner.generate(enc, PROMPT, keep_all, options()).token_ids) == expected
+    for method, budget in (("attention", 7), ("adaptive", 9), ("diversity", 5)):
+        sel = runner.select(enc, method, budget)
+        # expected: the kept tokens (numbered in stock order, base first) and a newline after every
+        # shrunk row that kept one
+        kept, visual, token, row_kept = set(sel.keep.tolist()), [], 0, False
+        for slot in range(packed.shape[0]):
+            if is_newline[slot]:
+                if row_kept:
+                    visual.append(packed[slot])
+                row_kept = False
+                continue
+            if token in kept:
+                visual.append(packed[slot])
+                row_kept = row_kept or token >= n
+            token += 1
+        got = runner.generate(enc, PROMPT, sel, options())
+        assert got.n_visual_tokens == budget and got.n_visual_tokens + got.n_layout_tokens == len(visual)
+        assert list(got.token_ids) == stock_generate_on(model, processor, runner, torch.stack(visual)), method
+
+
+def test_onevision_shrunk_grid_averages_its_stock_tokens_and_refuses_merging_v(shrunk):
+    """The model shrinks after its projector, so the shrunk grid's V do not project to its F: V
+    merges (prumerge+) are refused there; downsample averages the stock tokens."""
+    model, _, runner, image = shrunk
+    enc = runner.encode(image)
+    base, high = enc.parts
+    with torch.inference_mode():
+        torch.testing.assert_close(model.model.multi_modal_projector(base.inputs.feats_pre), base.inputs.feats)
+        reprojected = model.model.multi_modal_projector(high.inputs.feats_pre)
+    assert not torch.allclose(reprojected, high.inputs.feats, rtol=1e-3, atol=1e-4)
+    for params in ({}, {"adaptive": False}):
+        with pytest.raises(ValueError, match=r"'prumerge\+' cannot run on this image's 'high-res' grid.*OneVision"):
+            runner.select(enc, "prumerge+", 9, **params)
+    sel = runner.select(enc, "downsample", 9)
+    assert sel.tokens_space == "post_projector" and sel.n_output_tokens == sel.budget == 9
+    for slot in range(9):
+        torch.testing.assert_close(sel.tokens[slot], enc.inputs.feats[sel.groups == slot].float().mean(dim=0))
+    got = runner.generate(enc, PROMPT, sel, options(3))
+    assert (got.n_visual_tokens, got.n_layout_tokens) == (9, 0)
+
+
+@pytest.mark.parametrize("size", SIZES[:3])
+def test_merging_methods_merge_within_each_grid(tiny, runner, size):
+    """downsample averages each grid's stock tokens (post-projector: never projected again), prumerge+
+    merges each crop's V; a grid kept whole beside merged ones passes its own tokens."""
+    enc = runner.encode(random_image(19, size))
+    for budget in (9, enc.n_tokens - 1):  # N - 1: some grids kept whole, one pooled
+        sel = runner.select(enc, "downsample", budget)
+        assert sel.tokens_space == "post_projector" and sel.n_output_tokens == sel.budget == budget
+        for slot in range(budget):
+            torch.testing.assert_close(sel.tokens[slot], enc.inputs.feats[sel.groups == slot].float().mean(dim=0))
+        got = runner.generate(enc, PROMPT, sel, options(3))
+        assert (got.n_visual_tokens, got.n_layout_tokens) == (budget, 0)
+    sel = runner.select(enc, "prumerge+", 9)
+    assert sel.tokens_space == "pre_projector" and sel.n_output_tokens == sel.budget  # its adaptive count
+    slots = [set(sel.groups[p.offset : p.offset + p.n_tokens].tolist()) - {-1} for p in enc.parts]
+    assert all(max(a) < min(b) for a, b in itertools.pairwise(slots))  # every grid merges into its own slots
+    assert runner.generate(enc, PROMPT, sel, options(3)).n_visual_tokens == sel.budget
+
+
+@pytest.mark.parametrize(("family", "longest"), (("llava_next", (300, 300)), ("llava_onevision", (57, 113))))
+def test_max_image_tokens_bounds_every_image_and_the_longest_prompt_fits(family, longest):
+    """No image gives more than ``max_image_tokens`` (the stock packing over a sweep of sizes, and
+    OneVision's unshrunk grid just under the threshold reaches it); the longest prompt the runner
+    accepts still generates on the longest image."""
+    model, processor = tiny_family(family)
+    runner = Runner.from_model(model, processor, name=f"tiny-{family}")
+    adapter = runner.adapter
+    n = adapter.grid[0] * adapter.grid[1]
+    pinpoints, crop = model.config.image_grid_pinpoints, model.config.vision_config.image_size
+
+    def stock_length(width: int, height: int) -> int:
+        crops = torch.zeros(image_size_to_num_patches((height, width), pinpoints, crop), n, 1)
+        sizes, newline = torch.tensor([[height, width]]), torch.zeros(1)
+        if family == "llava_next":
+            packed, _ = model.model.pack_image_features([crops], sizes, "default", image_newline=newline)
+        else:
+            aspect = {"vision_aspect_ratio": model.config.vision_aspect_ratio}
+            packed, _ = model.model.pack_image_features([crops], sizes, image_newline=newline, **aspect)
+        return packed[0].shape[0]
+
+    assert max(stock_length(w, h) for w in range(8, 400, 11) for h in range(8, 400, 11)) <= adapter.max_image_tokens
+    assert stock_length(*longest) == adapter.max_image_tokens  # the bound is reached
+    enc = runner.encode(random_image(20, longest))
+    prompt = " ".join(["cat"] * runner.prompt_room(MAX_NEW))
+    assert runner.check_prompt(prompt, MAX_NEW) == prompt
+    with pytest.raises(ValueError, match="room for"):
+        runner.check_prompt(f"{prompt} cat", MAX_NEW)
+    got = runner.generate(enc, prompt, None, options())
+    assert got.n_visual_tokens + got.n_layout_tokens == adapter.max_image_tokens
 
 
 def test_generate_many_equals_single_calls(runner):

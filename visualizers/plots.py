@@ -7,12 +7,14 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .overlay import PatchGrid
 from .palette import method_colour
 
 __all__ = [
     "attention_heatmap",
     "budget_sweep_figure",
     "complexity_figure",
+    "grid_attention_heatmap",
     "method_bars",
     "tau_schedule_figure",
 ]
@@ -29,8 +31,16 @@ def _floats(values, name: str) -> list[float]:
         raise ValueError(f"{name} must be a sequence of numbers") from None
 
 
-def attention_heatmap(attention, grid: tuple[int, int], *, title: str = "[CLS] attention") -> go.Figure:
-    """Heat map of the (N,) [CLS] attention over the (rows, cols) patch grid, row 0 at the top."""
+def attention_heatmap(
+    attention, grid: tuple[int, int] | Sequence[PatchGrid], *, title: str = "[CLS] attention"
+) -> go.Figure:
+    """Heat map of the (N,) [CLS] attention over the (rows, cols) patch grid, row 0 at the top.
+
+    Given an image's ``PatchGrid``s instead (an image read as several grids), one map per grid:
+    ``grid_attention_heatmap``.
+    """
+    if not (isinstance(grid, tuple) and len(grid) == 2 and all(isinstance(v, int) for v in grid)):
+        return grid_attention_heatmap(attention, grid, title=title)
     values = _floats(attention, "attention")
     rows, cols = grid
     if len(values) != rows * cols:
@@ -47,6 +57,59 @@ def attention_heatmap(attention, grid: tuple[int, int], *, title: str = "[CLS] a
     )
     fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
     fig.update_layout(title=title, **_LAYOUT)
+    return fig
+
+
+def grid_attention_heatmap(attention, grids: Sequence[PatchGrid], *, title: str = "[CLS] attention") -> go.Figure:
+    """Each grid's own attention, for an image the model reads as several patch grids.
+
+    One heat map per grid, placed where the grid lies on the image (its ``boxes``), in one subplot
+    per panel of ``overlay_grids`` (the base image beside the high-res crops). Every grid has its
+    own signal, summing to about 1 over that grid, so a cell shows its patch's attention relative to
+    its grid's mean ("× uniform": 1 is what every patch of the grid would get alike), one colour
+    scale for all grids.
+
+    Args:
+        attention: (N,) the image's attention, grid after grid, raster order inside each.
+        grids: one ``PatchGrid`` per grid, in that order.
+    """
+    values = _floats(attention, "attention")
+    grids = list(grids)
+    if not grids or not all(isinstance(g, PatchGrid) for g in grids):
+        raise ValueError("grids must be a non-empty sequence of PatchGrid")
+    n = sum(g.n_tokens for g in grids)
+    if len(values) != n:
+        raise ValueError(f"attention has {len(values)} values for {len(grids)} grids of {n} patches")
+    panels = list(dict.fromkeys(g.panel for g in grids))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.06)
+    start = 0
+    for g in grids:
+        rows, cols = g.grid
+        own = values[start : start + g.n_tokens]
+        start += g.n_tokens
+        mean = (sum(own) / len(own)) or 1.0
+        x0, y0, x1, y1 = g.boxes[0]
+        fig.add_trace(
+            go.Heatmap(
+                z=[[own[r * cols + c] / mean for c in range(cols)] for r in range(rows)],
+                x0=(x0 + x1) / 2,
+                dx=x1 - x0,
+                y0=(y0 + y1) / 2,
+                dy=y1 - y0,
+                name=g.name,
+                text=[[f"{g.name}, row {r}, col {c}" for c in range(cols)] for r in range(rows)],
+                coloraxis="coloraxis",
+                hovertemplate="%{text}<br>%{z:.2f} × uniform<extra></extra>",
+            ),
+            row=1,
+            col=panels.index(g.panel) + 1,
+        )
+    for col in range(1, len(panels) + 1):
+        fig.update_yaxes(
+            autorange="reversed", scaleanchor="x" if col == 1 else f"x{col}", constrain="domain", row=1, col=col
+        )
+        fig.update_xaxes(constrain="domain", row=1, col=col)
+    fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", colorbar=dict(title="× uniform")), **_LAYOUT)
     return fig
 
 

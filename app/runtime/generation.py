@@ -4,7 +4,9 @@ A *row* is one request's prompt embeddings with its visual tokens spliced in pla
 placeholder. ``run_rows`` left-pads rows to one length and makes one ``model.generate`` call,
 timing the first and every later token with a streamer; ``group_rows`` decides which rows share a
 call (padding a 64-token row to a 576-token one costs more than it saves). Everything here works
-through the adapter's public surface (``embed``, ``prompt_ids``, ``model.generate``).
+through the adapter's public surface (``embed``, ``prompt_ids``, ``model.generate``). The rows of
+in-LLM methods (FastV, DART at layer K) run in ``inllm`` instead, with this module's clock, seeding
+and ``row_generation``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ __all__ = [
     "MAX_PADDING_SHARE",
     "Row",
     "RowTokens",
+    "TokenClock",
     "group_rows",
     "oom_guard",
     "prepare_row",
+    "row_generation",
     "run_rows",
+    "seeded",
     "sync",
 ]
 
@@ -50,6 +55,7 @@ class Row:
     method: str
     n_layout: int = 0  # newline embeddings spliced in besides the visual tokens
     positions: torch.Tensor | None = None  # (3, L) M-RoPE positions of every row token (Qwen2.5-VL)
+    image_at: int = 0  # where the spliced visual tokens start in ``embeds``
 
 
 def sync(device: torch.device) -> None:
@@ -188,6 +194,7 @@ def prepare_row(
         method="full" if selection is None else selection.method,
         n_layout=n_layout,
         positions=positions,
+        image_at=at,
     )
 
 
@@ -255,7 +262,7 @@ def run_rows(
         sync(device)
         clock.start = time.perf_counter()
         try:
-            with _seeded(options.seed, device):
+            with seeded(options.seed, device):
                 sequences = adapter.model.generate(
                     inputs_embeds=embeds,
                     attention_mask=mask,
@@ -275,12 +282,12 @@ def run_rows(
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     cancelled = cancel is not None and cancel.is_set()
     return [
-        _generation(adapter, encoding, row, sequences[b].tolist(), clock, peak_mb, batch, cancelled)
+        row_generation(adapter, encoding, row, sequences[b].tolist(), clock, peak_mb, batch, cancelled)
         for b, row in enumerate(rows)
     ]
 
 
-def _generation(
+def row_generation(
     adapter: Any,
     encoding: Encoding,
     row: Row,
@@ -360,7 +367,7 @@ def oom_guard(device: torch.device, what: str) -> Iterator[None]:
 
 
 @contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     """Seed torch's generators for one sampled generation, restoring their state afterwards."""
     if seed is None:
         yield

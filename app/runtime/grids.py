@@ -8,6 +8,9 @@ in every grid with that grid's own signal, never one grid's picks copied to the 
   in proportion to their token counts, largest remainder first, ties to the earlier grid;
 * ``select_grids``: ``pruning.select`` in each grid with its share, combined into one
   ``pruning.Selection`` over the encoding's token numbering (grids in order, raster inside each);
+  merged tokens stay in the space their method gives them (pre- or post-projector), and a
+  pre-projector merge is refused on a grid the model resampled after its projector (LLaVA-OneVision's
+  shrunk grid), whose V no longer project to its tokens;
 * ``visual_sequence``: the embeddings the LLM receives, in the stock order (``VisualLayout``),
   with a newline after every stitched row that keeps at least one token (docs/models.md).
 
@@ -24,6 +27,7 @@ import torch
 import pruning
 
 from .adapters import ImageReadout, VisualLayout
+from .adapters.llava_onevision import RESAMPLED_GRID
 from .records import GridPart
 
 __all__ = ["grid_parts", "select_grids", "split_budget", "visual_sequence"]
@@ -88,10 +92,18 @@ def select_grids(parts: Sequence[GridPart], method: str, budget: int, **params: 
     """``method`` in every grid with its share of ``budget``, as one selection over all N tokens.
 
     ``keep`` and ``order`` are in the encoding's numbering (``order``: grid after grid, each grid in
-    its own pick order). Merging methods give their tokens grid after grid; a grid kept whole is
-    passed through as its own pre-projector tokens. ``info["grids"]`` holds each grid's name,
-    share and its own selection's info; ``taus`` and ``removed_at`` are lifted to the whole
-    selection (pick indices into ``order``) when every selected grid reports them.
+    its own pick order). Merging methods give their tokens grid after grid, in the space their
+    method gives them (``tokens_space``: visionzip and prumerge+ pre-projector V, downsample
+    post-projector F); a grid kept whole beside merged ones is passed through as its own tokens in
+    that space. ``budget`` is the visual tokens the LLM receives (prumerge+'s adaptive count may
+    differ from the request). ``info["grids"]`` holds each grid's name, share and its own
+    selection's info; ``taus`` and ``removed_at`` are lifted to the whole selection (pick indices
+    into ``order``) when every selected grid reports them.
+
+    Raises:
+        ValueError: a pre-projector merge on a grid the model resampled after its projector
+            (``RESAMPLED_GRID``, LLaVA-OneVision's shrunk grid: its V are resampled crop values, and
+            projecting them does not give the model's tokens).
     """
     spec = pruning.get_method(method)
     budget = _check_budget(budget)
@@ -99,7 +111,7 @@ def select_grids(parts: Sequence[GridPart], method: str, budget: int, **params: 
     picked = [
         pruning.select(method, part.inputs, share, **params) if share else None for part, share in zip(parts, shares)
     ]
-    merges = any(sel is not None and sel.tokens is not None for sel in picked)
+    space = _tokens_space(parts, picked, spec.name)
     keep, order, tokens, groups, grid_info = [], [], [], [], []
     n_out = 0  # merged output slots so far
     for part, share, sel in zip(parts, shares, picked):
@@ -111,15 +123,16 @@ def select_grids(parts: Sequence[GridPart], method: str, budget: int, **params: 
         grid_info[-1]["info"] = {k: v for k, v in sel.info.items() if k not in LIFTED_INFO}
         keep.append(sel.keep + part.offset)
         order.append(sel.order + part.offset)
-        if not merges:
+        if space is None:
             continue
         if sel.tokens is None:  # a grid kept whole beside merged ones: its own tokens, unmerged
-            part_tokens = part.inputs.feats_pre.index_select(0, sel.keep)
+            own = part.inputs.feats_pre if space == "pre_projector" else part.inputs.feats  # (n, C) or (n, D)
+            part_tokens = own.index_select(0, sel.keep)
             part_groups = dropped.clone()
             part_groups[sel.keep] = torch.arange(sel.keep.numel(), device=dropped.device)
         else:
             part_tokens, part_groups = sel.tokens, sel.groups
-        tokens.append(part_tokens)
+        tokens.append(part_tokens.float())
         groups.append(torch.where(part_groups >= 0, part_groups + n_out, part_groups))
         n_out += part_tokens.shape[0]
     n = sum(p.n_tokens for p in parts)
@@ -133,14 +146,35 @@ def select_grids(parts: Sequence[GridPart], method: str, budget: int, **params: 
     }
     return pruning.Selection(
         method=spec.name,
-        budget=sum(shares),
+        budget=sum(sel.budget for sel in picked if sel is not None),
         keep=torch.cat(keep),
         order=torch.cat(order),
-        tokens=torch.cat(tokens) if merges else None,
-        groups=torch.cat(groups) if merges else None,
-        tokens_space="pre_projector" if merges else None,
+        tokens=torch.cat(tokens) if space else None,
+        groups=torch.cat(groups) if space else None,
+        tokens_space=space,
         info=info,
     )
+
+
+def _tokens_space(parts: Sequence[GridPart], picked: list, method: str) -> str | None:
+    """The space of the grids' merged tokens (None: no grid merged), refusing a pre-projector merge
+    where the model resampled the grid after its projector."""
+    spaces = {sel.tokens_space for sel in picked if sel is not None and sel.tokens is not None}
+    if not spaces:
+        return None
+    if len(spaces) > 1:
+        raise ValueError(f"method {method!r} gave merged tokens in several spaces ({sorted(spaces)}) across grids")
+    space = spaces.pop()
+    for part, sel in zip(parts, picked):
+        if space == "pre_projector" and sel is not None and part.name == RESAMPLED_GRID:
+            raise ValueError(
+                f"method {method!r} cannot run on this image's {part.name!r} grid: it merges pre-projector "
+                "features (V), and the model (LLaVA-OneVision beyond its anyres_max crops) shrank that grid "
+                "bilinearly after its projector, so no V projects to its tokens; downsample (which averages "
+                "the model's own tokens) and every selection method run there, and on an image the model "
+                "does not shrink it runs per crop (docs/models.md)"
+            )
+    return space
 
 
 def _lifted(parts: Sequence[GridPart], picked: list, n: int) -> dict[str, Any]:

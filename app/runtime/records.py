@@ -135,6 +135,11 @@ class Generation:
         finish_reason: ``"eos"``, ``"length"`` or ``"cancelled"``.
         n_layout_tokens: newline embeddings the LLM saw besides the visual tokens (LLaVA-NeXT's
             row ends; 0 for single-grid models). Never part of a budget.
+        selection: what an in-LLM method (FastV, DART at layer K) kept, chosen inside the language
+            model during this generation and so depending on the prompt; None for every other
+            row (its selection is the one it was given). ``n_visual_tokens`` then counts what the
+            layers from the pruning layer on saw; ``selection.info`` says the layer, every visual
+            token the earlier layers saw (``n_tokens``) and each layer's cache length.
     """
 
     text: str
@@ -144,6 +149,7 @@ class Generation:
     method: str = "full"
     finish_reason: str = "length"
     n_layout_tokens: int = 0
+    selection: pruning.Selection | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Encode once (``encode``, cached by image content and model settings), select man
 (``generate`` / ``generate_many``, one ``GenerationOptions``). ``generate_many`` batches the rows
 whose lengths are close and runs the others apart (``generation.group_rows``), so that padding a
 short row to a long one does not cost more than it saves (``benchmarks.app_speed`` measures it);
-every greedy answer equals the one its row gets alone.
+every greedy answer equals the one its row gets alone. In-LLM methods (FastV, DART at layer K)
+choose their tokens inside the language model from the prompt: ``plan`` checks such a request,
+``generate`` runs it (``inllm``) and returns what it kept as ``Generation.selection``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .generation import (
 )
 from .grids import grid_parts, select_grids, visual_sequence
 from .images import image_digest, load_image
+from .inllm import InLLMPlan, PlanRow, check_decoder, plan_request, plan_row, run_plan
 from .records import Encoding, Generation, GenerationOptions, GridPart, as_options
 
 __all__ = ["DEFAULT_CACHE_SIZE", "Runner"]
@@ -227,9 +230,16 @@ class Runner:
         that take them unless given in ``params``. The returned selection's ``info`` also holds
         ``select_ms`` and ``calibration_source``. With several grids the method runs in each grid
         with its share of the budget (``grids.select_grids``). A method that needs an input this
-        model leaves empty (a [CLS] feature on a tower without [CLS]) is refused, naming both.
+        model leaves empty (a [CLS] feature on a tower without [CLS]) is refused, naming both. An
+        in-LLM method has nothing to select before the prompt runs: it is refused, pointing to ``plan``.
         """
         self._check_encoding(encoding)
+        if pruning.get_method(method).stage == "in-llm":
+            raise ValueError(
+                f"method {method!r} selects inside the language model, from the prompt, so nothing is selected "
+                f"before generation: pass Runner.plan(encoding, {method!r}, budget) to generate, which returns "
+                "the kept tokens as Generation.selection"
+            )
         self.check_method(method, encoding)
         taken = pruning.method_params(method)
         calibrated = {k: v for k, v in self.calibration.method_params().items() if k in taken and k not in params}
@@ -246,9 +256,33 @@ class Runner:
             info["calibration_source"] = self.calibration.source
         return dataclasses.replace(selection, info=info)
 
-    def check_method(self, method: str, encoding: Encoding) -> None:
-        """Refuse a method that ``needs`` an input this model leaves empty (in any grid), naming both."""
+    def plan(self, encoding: Encoding, method: str, budget: int, **params: Any) -> InLLMPlan:
+        """A checked request for the in-LLM ``method`` (FastV, DART at layer K) on this encoding.
+
+        The budget (visual tokens kept from decoder layer ``layer`` on) and parameters are checked
+        by the registry, the layer against this model's decoder layers; ``generate`` and
+        ``generate_many`` run it and return the tokens it kept as ``Generation.selection``.
+        """
+        self._check_encoding(encoding)
         spec = pruning.get_method(method)
+        if spec.stage != "in-llm":
+            raise ValueError(f"method {method!r} selects before the language model: use Runner.select")
+        self.check_method(method, encoding)
+        n_layers = self.adapter.model.get_decoder().config.num_hidden_layers
+        return plan_request(spec, n_layers, self.name, encoding, budget, params)
+
+    def check_method(self, method: str, encoding: Encoding) -> None:
+        """Refuse a method that ``needs`` an input this model leaves empty (in any grid), or an in-LLM
+        method on a model whose decoder or positions the in-LLM loop does not drive, naming both."""
+        spec = pruning.get_method(method)
+        if spec.stage == "in-llm":
+            if encoding.rope is not None:
+                raise ValueError(
+                    f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it prunes inside the "
+                    "language model, whose loop drives 1-D positions, and this model places tokens with M-RoPE"
+                )
+            check_decoder(self.adapter.model, self.name, self.adapter.family, method)
+            return
         if spec.merges and encoding.rope is not None:
             raise ValueError(
                 f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it merges tokens, and a "
@@ -326,16 +360,17 @@ class Runner:
         self,
         encoding: Encoding,
         prompt: str,
-        selection: pruning.Selection | None = None,
+        selection: pruning.Selection | InLLMPlan | None = None,
         options: GenerationOptions | None = None,
         *,
         cancel: threading.Event | None = None,
     ) -> Generation:
         """Answer ``prompt`` about the encoded image from only ``selection``'s visual tokens.
 
-        ``selection=None`` feeds all N tokens (the unpruned model). ``options`` (default: greedy,
-        ``DEFAULT_MAX_NEW_TOKENS``) sets the decoding. Setting ``cancel`` stops decoding after the
-        current token (``finish_reason == "cancelled"``).
+        ``selection=None`` feeds all N tokens (the unpruned model); an ``InLLMPlan`` (``plan``)
+        prunes inside the language model and the answer's ``selection`` says what it kept.
+        ``options`` (default: greedy, ``DEFAULT_MAX_NEW_TOKENS``) sets the decoding. Setting
+        ``cancel`` stops decoding after the current token (``finish_reason == "cancelled"``).
         """
         return self.generate_many(encoding, prompt, [selection], options, cancel=cancel)[0]
 
@@ -343,7 +378,7 @@ class Runner:
         self,
         encoding: Encoding,
         prompt: str,
-        selections: Sequence[pruning.Selection | None],
+        selections: Sequence[pruning.Selection | InLLMPlan | None],
         options: GenerationOptions | None = None,
         *,
         cancel: threading.Event | None = None,
@@ -352,10 +387,11 @@ class Runner:
         """Answers for several selections of one image, rows of close length batched (left padding).
 
         With greedy decoding each answer equals the one ``generate`` gives for that selection
-        alone. Timings are those of the call a row ran in (``timings["batch_size"]``). Setting
-        ``cancel`` stops decoding after the current token. ``progress(i, text)`` is called after
-        every new token of row ``i`` with its answer so far (from the generating thread), for
-        showing answers as they are written.
+        alone. Timings are those of the call a row ran in (``timings["batch_size"]``); in-LLM
+        plans run one row at a time (their layers' caches differ in length). Setting ``cancel``
+        stops decoding after the current token. ``progress(i, text)`` is called after every new
+        token of row ``i`` with its answer so far (from the generating thread), for showing
+        answers as they are written.
         """
         if isinstance(selections, pruning.Selection) or not isinstance(selections, Sequence) or not selections:
             raise ValueError("selections must be a non-empty list of pruning.Selection (or None for all tokens)")
@@ -363,19 +399,28 @@ class Runner:
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise ValueError(f"cancel must be a threading.Event or None, got {type(cancel).__name__}")
         rows = [self._prepare_row(encoding, prompt, selection, options) for selection in selections]
-        groups = group_rows([row.embeds.shape[0] for row in rows], self.padding_share)
+        batched = [i for i, row in enumerate(rows) if isinstance(row, Row)]
+        lengths = [rows[i].embeds.shape[0] for i in batched]
+        groups = [[batched[j] for j in g] for g in group_rows(lengths, self.padding_share)]
+        groups = sorted(groups + [[i] for i, row in enumerate(rows) if isinstance(row, PlanRow)], key=lambda g: g[0])
         out: list[Generation | None] = [None] * len(rows)
         eos = set(self.adapter.eos_token_ids())
         decode = self.adapter.tokenizer.decode
         for group in groups:
             if cancel is not None and cancel.is_set():  # the rest never starts
                 for i in group:
-                    out[i] = cancelled_generation(encoding, rows[i], len(group))
+                    row = rows[i].row if isinstance(rows[i], PlanRow) else rows[i]
+                    out[i] = cancelled_generation(encoding, row, len(group))
                 continue
             streamer = None
             if progress is not None:
                 streamer = RowTokens(group, eos, lambda i, ids: progress(i, decode(ids, skip_special_tokens=True)))
-            gens = run_rows(self.adapter, encoding, [rows[i] for i in group], options, streamer=streamer, cancel=cancel)
+            if isinstance(rows[group[0]], PlanRow):
+                gens = [run_plan(self.adapter, encoding, rows[group[0]], options, streamer=streamer, cancel=cancel)]
+            else:
+                gens = run_rows(
+                    self.adapter, encoding, [rows[i] for i in group], options, streamer=streamer, cancel=cancel
+                )
             for i, gen in zip(group, gens):
                 out[i] = gen
         return out
@@ -419,10 +464,15 @@ class Runner:
         self,
         encoding: Encoding,
         prompt: str,
-        selection: pruning.Selection | None,
+        selection: pruning.Selection | InLLMPlan | None,
         options: GenerationOptions,
-    ) -> Row:
-        """Validate one request and splice its visual tokens (and newlines) into the prompt's embeddings."""
+    ) -> Row | PlanRow:
+        """Validate one request and splice its visual tokens (and newlines) into the prompt's embeddings
+        (every one of them for an in-LLM plan, whose layers from K on then see only the kept ones)."""
+        if isinstance(selection, InLLMPlan):
+            visual, n_layout = self.image_sequence(encoding, None)
+            row = prepare_row(self.adapter, self.name, visual, prompt, None, options, n_layout=n_layout)
+            return plan_row(row, selection, encoding, visual.shape[0])
         visual, n_layout = self.image_sequence(encoding, selection)
         rope = encoding.rope
         return prepare_row(

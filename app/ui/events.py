@@ -37,8 +37,9 @@ def wire_view(
     """Load -> view -> sweep on a new image; view on every setting change; sweep on a new method list."""
     pipeline = h.pipeline
 
-    def on_load(request: gr.Request, img):
-        """Encode the new image; one that cannot be used clears the page and says why."""
+    def on_load(request: gr.Request, img, k_budget=None):
+        """Encode the new image; one that cannot be used clears the page and says why. The preset
+        radio offers the image's own presets (on Qwen2.5-VL they are shares of the image's N)."""
         empty = {facts.complexity_plot: None, facts.heatmap: None, columns.full.overlay: None}
         if img is None:  # the image was cleared
             return {key: "", facts.complexity: "Load an image to see its complexity.", **empty}
@@ -47,12 +48,15 @@ def wire_view(
         except (ValueError, ServerFullError) as err:
             gr.Warning(message(err))
             return {key: "", facts.complexity: f"**This image cannot be used:** {markdown_text(str(err))}", **empty}
+        presets = pipeline.presets(k, session_of(request))
+        chosen = next((str(p) for p in presets if p == k_budget), None)  # the slider's value, raw
         return {
             key: k,
             facts.complexity: md,
             facts.complexity_plot: fig,
             facts.heatmap: heat_fig,
             columns.full.overlay: pipeline.view_image(k, session_of(request)),
+            inputs.budget_preset: gr.Radio(choices=[str(p) for p in presets], value=chosen),
         }
 
     def on_view(request: gr.Request, k, chosen_methods, k_budget, colour, *pvals):
@@ -79,8 +83,15 @@ def wire_view(
     loaded = gr.on(
         triggers=[inputs.image.change],
         fn=guard(on_load),
-        inputs=[inputs.image],
-        outputs=[key, facts.complexity, facts.complexity_plot, facts.heatmap, columns.full.overlay],
+        inputs=[inputs.image, inputs.budget],
+        outputs=[
+            key,
+            facts.complexity,
+            facts.complexity_plot,
+            facts.heatmap,
+            columns.full.overlay,
+            inputs.budget_preset,
+        ],
         api_visibility="private",
         preprocess=False,  # the image reaches the app undecoded (app.widgets); the app checks it
         trigger_mode="always_last",

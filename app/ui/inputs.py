@@ -96,7 +96,7 @@ def build_inputs(h: Handlers, room: int | None, examples: list[list[Any]]) -> In
 
 def wire_inputs(inputs: Inputs, h: Handlers) -> None:
     """The column's own cheap events."""
-    n_tokens, presets = h.info["n_tokens"], h.info["presets"]
+    n_tokens = h.info["n_tokens"]
 
     def on_methods(chosen_methods):
         """Show only the parameters of the chosen methods (the others keep their values)."""
@@ -104,15 +104,13 @@ def wire_inputs(inputs: Inputs, h: Handlers) -> None:
         return {box: gr.update(visible=slot.method in chosen) for slot, box in zip(h.slots, inputs.params)}
 
     def on_budget(b):
-        """Retention line, and the preset radio follows the slider (cleared off the presets)."""
+        """Retention line, and the preset radio follows the slider: it shows the budget selected when
+        the budget is one of its choices (the loaded image's presets, which ``events`` sets), else none."""
         try:
             k = int(float(b))
         except (TypeError, ValueError):
             return gr.skip()
-        return {
-            inputs.retention: f"Retention: {k / n_tokens:.1%}",
-            inputs.budget_preset: str(k) if k in presets else None,
-        }
+        return {inputs.retention: f"Retention: {k / n_tokens:.1%}", inputs.budget_preset: str(k)}
 
     if inputs.params:
         gr.on(

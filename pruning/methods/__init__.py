@@ -1,6 +1,7 @@
 """The pruning methods of methods.md, one module per family; importing registers them.
 
-Imported in methods.md's order, which is the order ``list_methods()`` reports.
+Imported in methods.md's order, which is the order ``list_methods()`` reports (``dart`` also
+registers its in-LLM form, ``dart-llm``; ``fastv`` is in-LLM too).
 """
 
 # isort: skip_file
@@ -15,3 +16,4 @@ from . import downsample  # noqa: F401
 from . import prumerge  # noqa: F401
 from . import dart  # noqa: F401
 from . import cdpruner  # noqa: F401
+from . import fastv  # noqa: F401

@@ -12,8 +12,11 @@ differences this file holds:
 * **anyres_max.** When the stitched grid holds more than about ``max`` crops' worth of patches
   (``config.vision_aspect_ratio``, "anyres_max_9"), the model shrinks it bilinearly, so its tokens no
   longer belong to one crop. Such images are read as two grids: the base image and the whole
-  resampled high-resolution grid, whose F are the stock tokens and whose V, signal and keys are the
-  crops' own, resampled by the model's same packing step (docs/models.md).
+  resampled high-resolution grid (``RESAMPLED_GRID``), whose F are the stock tokens and whose V,
+  signal and keys are the crops' own, resampled by the model's same packing step (docs/models.md).
+  The model shrinks after its projector, so the projector applied to that grid's V is not its F:
+  methods that merge V (prumerge+) are refused there by ``grids.select_grids``; downsample, which
+  averages F, and every selection method run there.
 
 transformers-version quirks: the tower is a ``SiglipVisionModel`` whose encoder layers sit at
 ``vision_tower.encoder.layers`` (``layer_norm1``, ``self_attn.{q_proj, k_proj, num_heads, head_dim,
@@ -35,10 +38,12 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from .base import ImageGeometry, ImageReadout, VisualFeatures, VisualLayout, load_model_and_processor, register_adapter
 from .llava_next import LlavaNextAdapter, crop_layout
 
-__all__ = ["LlavaOnevisionAdapter", "received_attention_and_keys"]
+__all__ = ["RESAMPLED_GRID", "LlavaOnevisionAdapter", "received_attention_and_keys"]
 
 ARCHITECTURE = "LlavaOnevisionForConditionalGeneration"
 NO_RESAMPLING = "anyres_max_1000000000"  # an aspect-ratio setting under which the model never shrinks the grid
+RESAMPLED_GRID = "high-res"  # the shrunk grid's name; grids.select_grids refuses pre-projector merges on it
+SHRINK_ABOVE = 1.1  # the model shrinks when sqrt(stitched patches / (max crops' patches)) exceeds this
 PAPER_BUDGETS = (192, 128, 64, 32)  # not measured by the paper: LLaVA-1.5's shares of its 576 tokens
 PAPER_TOKENS = 576
 
@@ -108,22 +113,40 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     @property
     def n_tokens(self) -> int:
-        """Base image plus at most ``max`` crops' worth of patches (7290 = 10 x 729 for OneVision-7B)."""
+        """Nominal N: base image plus ``max`` crops' worth of patches (7290 = 10 x 729 for OneVision-7B).
+
+        An image the model leaves just under its shrinking threshold gives more (``max_image_tokens``).
+        """
         most = max(h * w for h, w in self.pinpoints) // (self.crop_size * self.crop_size)
         return (1 + min(most, self.max_crops)) * self.grid[0] * self.grid[1]
 
     @property
     def max_image_tokens(self) -> int:
-        """Base image, then the largest stitched grid after the model's shrinking, one newline per row."""
+        """The most tokens any image gives the LLM: base image, stitched grid, one newline per row.
+
+        The longest sequence is not the largest pinpoint shrunk to ``max`` crops' worth but a grid the
+        unpadding leaves just under the shrinking threshold, unshrunk: up to 1.1² x ``max`` crops'
+        worth. So every pinpoint is taken with every unpadding the model can apply (it drops padding
+        rows, or columns, in pairs, so those kept have the pinpoint's parity), each shrunk as the
+        model shrinks it. An upper bound: 8829 for OneVision-7B (9 crops of 27 x 27, pinpoints up to
+        6 x 6 crops), where its largest pinpoint shrunk gives 7371.
+        """
         side = self.grid[0]
         most = 0
         for h, w in self.pinpoints:
             rows, cols = h // self.crop_size * side, w // self.crop_size * side
-            ratio = math.sqrt(rows * cols / (self.max_crops * side * side))
-            if ratio > 1.1:
-                rows, cols = int(rows // ratio), int(cols // ratio)
-            most = max(most, rows * (cols + 1))
+            unpadded = [(r, cols) for r in range(rows, 0, -2)] + [(rows, c) for c in range(cols, 0, -2)]
+            for r, c in map(self._shrunk_shape, unpadded):
+                most = max(most, r * (c + 1))
         return side * side + most
+
+    def _shrunk_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of an unpadded stitched grid after the model's shrinking (``pack_image_features``)."""
+        rows, cols = shape
+        ratio = math.sqrt(rows * cols / (self.max_crops * self.grid[0] * self.grid[1]))
+        if ratio > SHRINK_ABOVE:
+            return int(rows // ratio), int(cols // ratio)
+        return rows, cols
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "vision_aspect_ratio": self.aspect_ratio}
@@ -188,7 +211,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             self._geometry(size, 0, (0, self.grid[0], 0, self.grid[1])),
             self._shrunk_geometry(size, unshrunk, hidden_feat.shape[0], (rows, high.shape[0] // rows)),
         )
-        return ImageReadout(grids=(base, shrunk), geometries=geometries, names=("base", "high-res"), layout=layout)
+        names = ("base", RESAMPLED_GRID)
+        return ImageReadout(grids=(base, shrunk), geometries=geometries, names=names, layout=layout)
 
     def _shrunk_geometry(
         self, size: tuple[int, int], unshrunk: torch.Tensor, n_crops: int, grid: tuple[int, int]

@@ -193,10 +193,15 @@ class Qwen25VLAdapter(ChatModel):
     def max_image_tokens(self) -> int:
         return self.max_tokens
 
-    def budget_presets(self) -> list[int]:
-        """The paper's Qwen2.5-VL budgets (512/256 of 1225) as shares of N."""
+    def budget_presets(self, n_tokens: int | None = None) -> list[int]:
+        """The paper's Qwen2.5-VL budgets (512/256 of 1225) as shares of an image's N.
+
+        N follows the image, so the presets do: ``n_tokens`` is the encoded image's N; without it,
+        the most the processor gives (``self.n_tokens``, the nominal presets of ``describe``). The
+        app computes each image's from ``describe()["preset_shares"]`` (``app.choices.image_presets``).
+        """
         budgets, of_tokens = self.paper_budgets
-        return scaled_budgets(budgets, of_tokens, self.n_tokens)
+        return scaled_budgets(budgets, of_tokens, self.n_tokens if n_tokens is None else n_tokens)
 
     def is_llava15(self) -> bool:
         return False
@@ -212,6 +217,7 @@ class Qwen25VLAdapter(ChatModel):
             "n_patches": self.n_tokens,
             "n_tokens": self.n_tokens,
             "budget_presets": self.budget_presets(),
+            "preset_shares": [list(self.paper_budgets[0]), self.paper_budgets[1]],  # each image's: these of its N
             "attention_signal": self.attention_signal,
             "image_token_id": self.image_token_id,
             "context_length": self.context_length,

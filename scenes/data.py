@@ -249,12 +249,7 @@ def pack_sequences(
     "Yes"), of the word question (the word's patches), and, for each group of a caption ("two red
     stars"), the three tokens that choose its count, its colour and its shape (the token before
     it: ``,``, ``and`` or the prompt's closing ``:``; then ``two``; then ``red``), each pointing at
-    the group's patches. An existence question whose answer is "No" points at ``<s>`` alone
-    (``PackedBatch.ground_mask[g, 0]``): the image has nothing of the named colour and shape, so
-    the head that looks for it finds the sink, and "found it" against "found ``<s>``" is what the
-    answer can be read from; a wrong-colour question ("Is there a purple star?" of a green star)
-    is thus told apart by where the head looks, not by comparing the star's colour afterwards.
-    Other questions whose object the row does not show have none.
+    the group's patches. Questions whose object is absent have none.
 
     A row's targets may carry a fourth array of *count units* over its kept patches: the owning
     object's number (as in ``patch_owners``) on the patches a count should look at, 0 elsewhere
@@ -279,7 +274,7 @@ def pack_sequences(
         )
     rows = []
     # (row, query position, kept-patch mask, kept-patch share or None)
-    grounds: list[tuple[int, int, np.ndarray, np.ndarray | None, bool]] = []
+    grounds: list[tuple[int, int, np.ndarray, np.ndarray | None]] = []
     for b, (samples, count) in enumerate(zip(sample_lists, counts, strict=True)):
         prefix = head + [image_id] * count
         ids, pos, seg, lab = list(prefix), list(range(len(prefix))), [0] * len(prefix), [-100] * len(prefix)
@@ -289,8 +284,8 @@ def pack_sequences(
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
             if patch_targets is not None:
                 offset = len(ids)
-                for at, mask, share, sink in _grounding(tokenizer, sample, q, a, patch_targets[b]):
-                    grounds.append((b, offset + at, mask, share, sink))
+                for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b]):
+                    grounds.append((b, offset + at, mask, share))
             start = len(prefix)
             ids += q + a
             pos += list(range(start, start + len(q) + len(a)))
@@ -322,12 +317,11 @@ def pack_sequences(
     allowed = (same | to_prefix) & causal
     idx = torch.arange(length)
     allowed[:, idx, idx] = True  # padding rows attend to themselves only (no empty softmax rows)
-    ground_index = torch.tensor([(b, at) for b, at, *_ in grounds], dtype=torch.long).reshape(-1, 2)
+    ground_index = torch.tensor([(b, at) for b, at, _, _ in grounds], dtype=torch.long).reshape(-1, 2)
     ground_mask = torch.zeros((len(grounds), length), dtype=torch.bool)
     ground_share = torch.zeros((len(grounds), length), dtype=torch.float32)
-    for g, (_, _, mask, share, sink) in enumerate(grounds):
+    for g, (_, _, mask, share) in enumerate(grounds):
         ground_mask[g, len(head) : len(head) + len(mask)] = torch.from_numpy(mask)
-        ground_mask[g, 0] = sink  # "No": nothing to find, the head looks at <s>
         if share is not None:
             ground_mask[g, 0] = True  # <s>: the reference the instances are counted against
             ground_share[g, len(head) : len(head) + len(share)] = torch.from_numpy(share)
@@ -343,14 +337,14 @@ def _grounding(
     prompt_ids: list[int],
     answer_ids: list[int],
     targets: tuple[np.ndarray, ...],
-) -> list[tuple[int, np.ndarray, np.ndarray | None, bool]]:
+) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
     """Grounding queries of one packed sample: (position within ``prompt_ids + answer_ids``, (K,)
     bool mask over the row's kept patches, (K,) float share of each patch for a count query or
-    None, whether ``<s>`` is the target). See ``pack_sequences``."""
+    None). See ``pack_sequences``."""
     shape_of, color_of, word_of = targets[:3]
     if sample.task == "word":
         mask = word_of > 0
-        return [(len(prompt_ids) - 1, mask, None, False)] if mask.any() else []
+        return [(len(prompt_ids) - 1, mask, None)] if mask.any() else []
     if sample.task == "caption":
         out = []
         tokens = tokenizer.convert_ids_to_tokens(answer_ids)
@@ -360,7 +354,7 @@ def _grounding(
                 mask = (shape_of == 1 + _SHAPE_INDEX[shape]) & (color_of == 1 + _COLOR_INDEX[tok])
                 if mask.any():
                     # the tokens choosing this group's count, its colour and its shape
-                    out.extend((len(prompt_ids) + i - back, mask, None, False) for back in (2, 1, 0))
+                    out.extend((len(prompt_ids) + i - back, mask, None) for back in (2, 1, 0))
         return out
     mentions = parse_objects(sample.prompt)
     if len(mentions) != 1:
@@ -369,14 +363,12 @@ def _grounding(
     mask = shape_of == 1 + _SHAPE_INDEX[named.shape]
     if sample.task == "count" and len(targets) == 4 and (mask & (targets[3] > 0)).any():
         share = _instance_share(targets[3], mask & (targets[3] > 0))
-        return [(len(prompt_ids) - 1, share > 0, share, False)]
+        return [(len(prompt_ids) - 1, share > 0, share)]
     if sample.task == "count" and len(targets) == 4 and not mask.any():
-        return [(len(prompt_ids) - 1, np.zeros(len(mask), dtype=bool), np.zeros(len(mask), dtype=np.float32), False)]
-    if sample.task == "exists" and sample.answer == "No":
-        return [(len(prompt_ids) - 1, np.zeros(len(mask), dtype=bool), None, True)]
-    if named.color is not None:
+        return [(len(prompt_ids) - 1, np.zeros(len(mask), dtype=bool), np.zeros(len(mask), dtype=np.float32))]
+    if named.color is not None and sample.answer == "Yes":
         mask &= color_of == 1 + _COLOR_INDEX[named.color]
-    return [(len(prompt_ids) - 1, mask, None, False)] if mask.any() else []
+    return [(len(prompt_ids) - 1, mask, None)] if mask.any() else []
 
 
 def _instance_share(units: np.ndarray, mask: np.ndarray) -> np.ndarray:

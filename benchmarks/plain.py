@@ -320,11 +320,13 @@ def plain_cdpruner(
 def dpp_tie_horizon(
     f: torch.Tensor, patch_embeds: torch.Tensor, text_embeds: torch.Tensor, k: int, rtol: float = 1e-6
 ) -> int:
-    """How many of CDPruner's first ``k`` picks are decided by more than float rounding: the first
-    step of the greedy DPP walk, run in float64, whose best and second-best gains lie within
-    ``rtol`` times the largest first gain of each other (``k`` if none): float32's rounding
-    errors build up on the scale of the first gains, not of the shrinking later ones. From such a near-tie on, two float32 walks that sum in
-    different orders (CPUs, BLAS builds) may pick differently, and every later pick with them."""
+    """How many of CDPruner's first ``k`` picks are decided by more than float rounding.
+
+    The count is the first step of the greedy DPP walk, run in float64, whose best and second-best
+    gains lie within ``rtol`` times the largest first gain of each other (``k`` if none): float32's
+    rounding errors build up on the scale of the first gains, not of the shrinking later ones. From
+    such a near-tie on, two float32 walks that sum in different orders (CPUs, BLAS builds) may pick
+    differently, and every later pick with them."""
     fn = f.double() / f.double().norm(dim=1, keepdim=True)
     img = patch_embeds.double() / patch_embeds.double().norm(dim=1, keepdim=True)
     txt = text_embeds.double() / text_embeds.double().norm(dim=1, keepdim=True)

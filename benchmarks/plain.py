@@ -316,7 +316,6 @@ def plain_cdpruner(
     return selected
 
 
-
 def dpp_tie_horizon(
     f: torch.Tensor, patch_embeds: torch.Tensor, text_embeds: torch.Tensor, k: int, rtol: float = 1e-6
 ) -> int:
@@ -345,6 +344,7 @@ def dpp_tie_horizon(
         gains = gains - cis[i] * cis[i]
         gains[j] = -float("inf")
     return k
+
 
 # -- the in-LLM methods (FastV, DART at layer K): their rules, and a whole run on a model -------
 

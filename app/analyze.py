@@ -1,6 +1,7 @@
 """`python -m app.analyze CONFIG [--output DIR]`: reproduce the paper's measurements on a model.
 
-See ``app/analysis/config.py`` for the config format. Results are written as they are produced
+See ``app/analysis/config.py`` for the config format (any registered method, the in-LLM ones
+FastV and DART at layer K among them: ``configs/inllm.toml``). Results are written as they are produced
 and an interrupted run resumes where it stopped; the summary is printed and saved at the end.
 """
 
@@ -24,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, output=args.output, model=args.model)
+        result = run_analysis(config, progress=not args.quiet)  # a method the model refuses stops it here
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = run_analysis(config, progress=not args.quiet)
     for problem in result["problems"]:
         print(f"skipped {problem.where}: {problem.message}", file=sys.stderr)
     print(f"{result['rows']} new rows in {result['seconds']:.0f} s; {result['skipped']} item(s) skipped.")

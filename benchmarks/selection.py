@@ -37,7 +37,7 @@ import pruning
 from app.runtime.adapters import ImageGeometry
 from app.runtime.grids import select_grids
 from app.runtime.records import GridPart
-from benchmarks.plain import plain_picks, plain_select
+from benchmarks.plain import plain_dart_llm, plain_fastv, plain_picks, plain_select
 from benchmarks.synthetic import synthetic_inputs
 
 
@@ -193,6 +193,62 @@ def run(cases: Sequence[str], device: str, repeats: int, plain_repeats: int, n_i
     return all_same
 
 
+TEXT_TOKENS = 40
+"""Prompt tokens after the image in the in-LLM cases (a question of a few dozen tokens)."""
+
+
+def layer_inputs(case: Case, seed: int, device: str) -> pruning.LayerInputs:
+    """Random layer-K state for the in-LLM methods: N visual and ``TEXT_TOKENS`` text rows of width
+    D, keys of every head side by side (D wide too, as in Llama's attention), a peaked attention row."""
+    g = torch.Generator().manual_seed(seed)
+    n, d = case.n, case.dim
+    attn = torch.softmax(3.0 * torch.randn(n, generator=g), dim=0) * 0.5  # half the row on the image
+    state = pruning.LayerInputs(
+        last_attn=attn,
+        keys=torch.randn(n, d, generator=g),
+        hidden=torch.randn(n, d, generator=g),
+        text_keys=torch.randn(TEXT_TOKENS, d, generator=g),
+        text_hidden=torch.randn(TEXT_TOKENS, d, generator=g),
+    )
+    return dataclasses.replace(state, **{f: getattr(state, f).to(device) for f in dataclasses.asdict(state)})
+
+
+def plain_layer(state: pruning.LayerInputs, method: str, k: int) -> list[int]:
+    """The plain transcription of an in-LLM rule on the same state, as sorted kept indices."""
+    if method == "fastv":
+        return sorted(plain_fastv(state.last_attn, k))
+    return sorted(plain_dart_llm(state.keys, state.hidden, state.text_keys, state.text_hidden, k))
+
+
+def run_in_llm(cases: Sequence[str], device: str, repeats: int, plain_repeats: int, n_images: int) -> bool:
+    """The in-LLM rules (FastV, DART at layer K) on random layer-K states of each case's N, one
+    sequence (they see every visual token at once, whatever the grids): the selection alone, not
+    the prefill around it."""
+    all_same = True
+    print("\nIn-LLM rules on layer-K states (the rule only; the prefill that fills the state is not timed):\n")
+    print("| N | K | method | pruning ms | plain ms | plain / pruning | same tokens |")
+    print("|---:|---:|---|---:|---:|---:|:---:|")
+    for name in cases:
+        case = CASES[name]
+        k = case.n // 9
+        states = [layer_inputs(case, s, device) for s in range(n_images)]
+        cpu_states = [layer_inputs(case, s, "cpu") for s in range(n_images)]
+        for method in pruning.list_methods("in-llm"):
+            same = all(
+                pruning.select(method, st, k).keep.tolist() == plain_layer(cpu, method, k)
+                for st, cpu in zip(states, cpu_states)
+            )
+            all_same &= same
+            ours = median_ms(lambda st, m=method, k=k: pruning.select(m, st, k), states, repeats, device)
+            plain = median_ms(lambda st, m=method, k=k: plain_layer(st, m, k), cpu_states, plain_repeats, "cpu")
+            print(
+                f"| {case.n} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
+                f"{'yes' if same else 'NO'} |",
+                flush=True,
+            )
+    return all_same
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.selection", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,6 +266,7 @@ def main(argv=None) -> int:
     ok = True
     for device in devices:
         ok &= run(args.sizes, device, args.repeats, args.plain_repeats, args.images)
+        ok &= run_in_llm(args.sizes, device, args.repeats, args.plain_repeats, args.images)
     if not ok:
         print("\nSome selections differ from the plain implementation.", file=sys.stderr)
     return 0 if ok else 1

@@ -13,10 +13,11 @@ reports (``tau_schedule``).
 
 Methods come in two stages. ``"pre-llm"`` methods select from one image's ``PruneInputs`` before
 the language model runs; ``list_methods()`` lists them, and everything that hands methods a
-``PruneInputs`` (property tests, benchmarks, the analysis CLI) reads that list. ``"in-llm"``
+``PruneInputs`` (property tests, benchmarks) reads that list. ``"in-llm"``
 methods (FastV, DART at layer K) select inside the language model, at decoder layer ``layer`` (a
 parameter each of them has), from that layer's state (``LayerInputs``), so what they keep depends
-on the prompt; ``list_methods("in-llm")`` lists them and ``list_methods("all")`` lists both.
+on the prompt; ``list_methods("in-llm")`` lists them and ``list_methods("all")`` lists both (the
+app and the analysis CLI offer both, running in-LLM ones through ``app.runtime``'s ``Runner.plan``).
 """
 
 from __future__ import annotations

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pruning
 from app.analysis.config import parse_config
 from app.analysis.report import _disagreement, _task_table, summarise
 from app.analysis.results import read_rows
-from app.analysis.run import run_analysis
+from app.analysis.run import items_for, run_analysis
 from app.analysis.scoring import aggregate, chair_scores, pope_scores, score_answer
 from app.analysis.sources import Problem, coco_items, pope_items
 from app.analyze import main
-from app.runtime import Runner
-from app.runtime.synthetic import build_model, build_processor, build_tokenizer
+from app.runtime import GenerationOptions, Runner
+from app.runtime.images import load_image
+from app.runtime.synthetic import build_model, build_processor, build_tokenizer, tiny_family
 from scenes.tasks import SCENE_VOCABULARY
 from scoring import COCO_VOCABULARY, normalize_words
 
@@ -192,6 +194,57 @@ def test_two_process_sharding_equals_single_process(tmp_path, runner):
     assert strip(sharded) == strip(read_rows(tmp_path / "single" / "results.jsonl"))
 
 
+def test_in_llm_methods_answer_per_question_beside_pre_llm_ones(tmp_path, runner):
+    # the tiny model has 2 decoder layers: FastV prunes from layer 1, reading layer 0
+    fastv = {"method": "fastv", "params": {"layer": 1}}
+    cfg = config(tmp_path, methods=["attention", fastv], source={"kind": "scenes", "per_complexity": 1,
+                 "levels": ["simple", "complex"]})  # fmt: skip
+    run_analysis(cfg, runner=runner, progress=False)
+    rows = read_rows(Path(cfg.output) / "results.jsonl")
+    assert {r["label"] for r in rows} == {"full", "attention", "fastv"}
+    assert {r["kept_per"] for r in rows if r["label"] != "fastv"} == {"image"}
+    ours = [r for r in rows if r["label"] == "fastv"]
+    assert len(ours) == len(rows) // 3 and all(r["kept_per"] == "question" for r in ours)
+    options = GenerationOptions(max_new_tokens=cfg.max_new_tokens)
+    for item in items_for(cfg, []):
+        encoding = runner.encode(load_image(item.load()), use_cache=False)
+        for r in (r for r in ours if r["item_id"] == item.item_id):
+            gen = runner.generate(encoding, r["prompt"], runner.plan(encoding, "fastv", 4, layer=1), options)
+            assert r["answer"] == gen.text and r["n_visual_tokens"] == 4 == gen.selection.n_output_tokens
+            kept = runner.visual_tokens(encoding, gen.selection)[encoding.prefix.shape[0] :]
+            assert r["kept_erank"] == pytest.approx(pruning.effective_rank(kept))
+            assert r["select_ms"] is not None and 0.0 <= r["retained_attention"] <= 1.0
+    summary = (Path(cfg.output) / "summary.md").read_text()
+    assert "| fastv | 4 |" in summary and "In-LLM methods: fastv (from decoder layer 1)" in summary
+    assert run_analysis(cfg, runner=runner, progress=False)["rows"] == 0  # resumes on rows, as the others
+
+
+def test_in_llm_kept_erank_is_averaged_per_image_over_its_questions():
+    rows = [
+        {"item_id": "a", "task": "word", "kept_erank": 2.0}, {"item_id": "a", "task": "word", "kept_erank": 4.0},
+        {"item_id": "b", "task": "word", "kept_erank": 6.0},
+    ]  # fmt: skip
+    assert aggregate(rows)["kept_erank"] == pytest.approx((3.0 + 6.0) / 2)
+
+
+def test_in_llm_methods_the_model_refuses_stop_the_run_before_any_answer(tmp_path, runner, monkeypatch, capsys):
+    scenes = {"kind": "scenes", "per_complexity": 1, "levels": ["simple"]}
+    too_deep = config(tmp_path / "deep", methods=["attention", "fastv"], source=scenes)  # layer 2 of 2
+    with pytest.raises(ValueError, match=r"fastv at K=4: layer must be in \[1, 1\] for 'tiny'"):
+        run_analysis(too_deep, runner=runner, progress=False)
+    assert read_rows(Path(too_deep.output) / "results.jsonl") == []
+    qwen = Runner.from_model(*tiny_family("qwen2_5_vl"), name="tiny-qwen")
+    raw = {"model": "tiny-qwen", "output": str(tmp_path / "qwen"), "source": scenes, "budgets": [4],
+           "methods": ["attention", {"method": "dart-llm", "params": {"layer": 1}}], "max_new_tokens": 2}  # fmt: skip
+    path = tmp_path / "qwen.json"
+    path.write_text(json.dumps(raw))
+    monkeypatch.setattr("app.runtime.load_runner", lambda *args, **kwargs: qwen)
+    assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: dart-llm at K=4: method 'dart-llm' cannot run on 'tiny-qwen' (qwen2_5_vl)" in err
+    assert "M-RoPE" in err and read_rows(tmp_path / "qwen" / "results.jsonl") == []
+
+
 # -- sources and bad input -----------------------------------------------------------------------
 
 
@@ -267,6 +320,9 @@ def test_pope_source_reports_bad_lines(tmp_path):
         ({"methods": [{"method": "adaptive", "params": {"tau_max": -1}}]}, "tau_max must be a positive"),
         ({"methods": [{"method": "adaptive", "params": {"tau": 1}}]}, "no parameter"),
         ({"methods": ["attention", "attention"]}, "unique"),
+        ({"methods": [{"method": "fastv", "params": {"layer": 0}}]}, r"\(fastv\): layer must be a positive int"),
+        ({"methods": [{"method": "dart-llm", "params": {"layer": "2"}}]}, "layer must be a positive int"),
+        ({"methods": [{"method": "fastv", "params": {"pivots": 2}}]}, "no parameter"),
         ({"budgets": [0]}, "positive ints"),
         ({"tasks": ["dance"]}, "tasks must be"),
         ({"source": {"kind": "flickr"}}, "source.kind"),
@@ -317,7 +373,7 @@ def test_a_run_saved_before_the_dtype_key_resumes(tmp_path, runner):
         run_analysis(dataclasses.replace(cfg, dtype="float16"), runner=runner, progress=False)
 
 
-@pytest.mark.parametrize("name", ["scenes.toml", "hybrid-study.toml"])
+@pytest.mark.parametrize("name", ["scenes.toml", "hybrid-study.toml", "inllm.toml"])
 def test_shipped_configs_are_valid(name):
     from app.analysis.config import load_config
 

@@ -5,12 +5,18 @@ output = "runs/scenes-300"
 budgets = [128, 64, 32]
 tasks = ["caption", "exists"]
 methods = ["attention", "diversity", "adaptive",
-           {label = "hybrid R=0.25", method = "hybrid", params = {ratio = 0.25}}]
+           {label = "hybrid R=0.25", method = "hybrid", params = {ratio = 0.25}},
+           {label = "FastV l=2", method = "fastv", params = {layer = 2}}]
 [source]
 kind = "scenes"          # optional: levels = ["simple", "complex"]
 # or kind = "coco" (images, annotations, n_images, seed) / kind = "pope" (questions, images)
 per_complexity = 75
 seed = 100000
+
+A method is any registered one (``pruning.list_methods("all")``) with its parameters, checked by
+the registry here. The in-LLM methods (``fastv``, ``dart-llm``) select inside the language model
+from each question, from decoder layer ``layer`` on; the run checks that layer against the model's
+decoder (and refuses models it cannot run them on) at its first image, before any answer.
 
 Optional top-level keys: ``max_new_tokens`` (default 48), ``device`` (auto, cpu or cuda; default
 auto) and ``dtype`` (auto, float32, bfloat16 or float16; default auto: bfloat16 on CUDA, float16
@@ -86,7 +92,13 @@ def _method(entry: Any, where: str) -> MethodSpec:
         spec = MethodSpec(str(entry.get("label", entry["method"])), entry["method"], dict(params))
     else:
         raise ValueError(f"{where}: a method is a name or a table with method (and label, params)")
-    pruning.get_method(spec.method)  # unknown names raise, listing the known ones
+    registered = pruning.get_method(spec.method)  # unknown names raise, listing the known ones
+    if registered.stage == "in-llm":  # selects inside the LLM: its layer is checked against the model at run time
+        try:
+            registered.check_request(2, spec.params)
+        except ValueError as err:
+            raise ValueError(f"{where} ({spec.label}): {err}") from None
+        return spec
     probe = pruning.PruneInputs(
         feats_pre=torch.eye(4),
         feats=torch.eye(4),

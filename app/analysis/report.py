@@ -4,7 +4,8 @@ Tables follow the paper's (methods.md): kept erank per method (Table 1), CHAIR p
 the effect of the hybrid mix ratio (Table 3, when hybrid variants were run), attention vs diversity
 by image complexity (Table 4), and hybrid vs hybrid-erank vs its inverse (Tables 5–6, when run);
 beside them, every answer's agreement with the full model's, and how often the methods' captions
-of one image differ.
+of one image differ. In-LLM methods (FastV, DART at layer K) sit in every table beside the others,
+with a note that they keep a set per question.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+import pruning
 from scoring import normalize_words
 from visualizers.palette import method_colour
 
@@ -124,6 +126,22 @@ def _disagreement(rows: Sequence[dict[str, Any]], labels: Sequence[str], budgets
     ]
 
 
+def _in_llm_note(config: AnalysisConfig) -> list[str]:
+    """Which variants select inside the language model, from which layer, and what their kept erank means."""
+    in_llm = [m for m in config.methods if pruning.get_method(m.method).stage == "in-llm"]
+    if not in_llm:
+        return []
+    layers = {m.label: {**pruning.method_params(m.method), **m.params}["layer"] for m in in_llm}
+    where = ", ".join(f"{label} (from decoder layer {layer})" for label, layer in layers.items())
+    return [
+        "",
+        f"In-LLM methods: {where}.",
+        "They choose their tokens inside the language model from each question, so their kept set differs",
+        "per question (their rows say `kept_per` = question): their kept erank is averaged over each",
+        "image's questions first; the other methods keep one set per image.",
+    ]
+
+
 def write_reports(output: Path, config: AnalysisConfig) -> str:
     """Write ``summary.md`` and ``report.html`` from ``results.jsonl``; returns the markdown."""
     rows = read_rows(output / "results.jsonl")
@@ -168,6 +186,7 @@ def write_reports(output: Path, config: AnalysisConfig) -> str:
                     out.append([lab, "all" if b is None else b, *[_fmt(a[section][f], pct) for f, pct in fields]])
         return out
 
+    md += _in_llm_note(config)
     md += [
         "",
         "## Hallucination (Table 2): CHAIR_s / CHAIR_i / recall (%), mean length",

@@ -13,8 +13,8 @@ __all__ = ["CSV_COLUMNS", "read_rows", "shard_paths"]
 
 CSV_COLUMNS = (
     "item_id", "complexity", "complexity_bin", "image_erank", "attention_entropy", "label", "method", "budget",
-    "n_visual_tokens", "kept_erank", "retained_attention", "task", "kind", "prompt", "answer", "gold", "pred",
-    "correct", "mentioned", "hallucinated", "recall", "length", "full_length", "attribute_errors",
+    "kept_per", "n_visual_tokens", "kept_erank", "retained_attention", "task", "kind", "prompt", "answer", "gold",
+    "pred", "correct", "mentioned", "hallucinated", "recall", "length", "full_length", "attribute_errors",
     "present_mentions", "agrees", "overlap", "select_ms", "batch_ms",
 )  # fmt: skip
 

@@ -5,6 +5,15 @@ single flushed write, so an interrupted run loses at most the image in flight an
 after the last complete one. Under ``accelerate launch`` (or any launcher that sets ``RANK`` and
 ``WORLD_SIZE``) every process takes every WORLD_SIZE-th image and writes its own shard; the last
 process to finish merges the shards in image order.
+
+Every question of an image is one ``generate_many`` call over every variant. A pre-LLM method
+selects once per image, so its rows of one image share one kept set; an in-LLM method (FastV, DART
+at layer K: ``stage == "in-llm"``) selects inside the language model from the prompt, so each of
+its rows holds the kept set of that question (its ``kept_erank``, ``retained_attention`` and
+``select_ms``: ``Generation.selection``), and its ``kept_per`` column says ``"question"`` where the
+others say ``"image"``. A method the model refuses (an in-LLM method on an M-RoPE model, a layer
+past its decoder, an input it does not give) stops the run at its first image, before any answer
+is generated, with a ``ValueError`` naming the method and the model.
 """
 
 from __future__ import annotations
@@ -60,10 +69,55 @@ def _complete_items(rows: list[dict[str, Any]]) -> set[str]:
     return {i for i, n in counts.items() if n == expected[i]}
 
 
+def _kept_numbers(runner: Any, encoding: Any, sel: pruning.Selection) -> dict[str, Any]:
+    """What a selection kept: its token count, the erank of the kept visual tokens as the LLM's first
+    layer receives them, the [CLS] attention they retain, and the time the method took."""
+    tokens = runner.visual_tokens(encoding, sel)[encoding.prefix.shape[0] :]
+    return {
+        "n_visual_tokens": sel.n_output_tokens,
+        "kept_erank": pruning.effective_rank(tokens) if tokens.shape[0] > 1 else 1.0,
+        "retained_attention": pruning.retained_attention(encoding.inputs.cls_attn, sel.keep)
+        if sel.keep.numel()
+        else 0.0,
+        "select_ms": sel.info.get("select_ms"),
+    }
+
+
+def _variants(encoding: Any, runner: Any, config: AnalysisConfig) -> list[tuple[dict[str, Any], Any]]:
+    """(row numbers, request) per variant, the full model first; a request is what ``generate_many``
+    takes: a ``pruning.Selection``, an in-LLM plan (``Runner.plan``), or None for every token.
+
+    A pre-LLM method selects once per image here; an in-LLM one only checks its request here and
+    selects inside each question's generation, so its numbers are filled in per answer (``_analyse``).
+    A method this model refuses is a ``ValueError`` naming the variant, before any answer is generated.
+    """
+    n = encoding.n_tokens
+    full = {"n_visual_tokens": n, "kept_erank": encoding.image_erank, "retained_attention": 1.0, "select_ms": 0.0}
+    variants: list[tuple[dict[str, Any], Any]] = [
+        ({"label": "full", "method": "full", "budget": n, "kept_per": "image", **full}, None)
+    ]
+    for spec in config.methods:
+        in_llm = pruning.get_method(spec.method).stage == "in-llm"
+        for budget in config.budgets:
+            numbers = {"label": spec.label, "method": spec.method, "budget": budget}
+            try:
+                if in_llm:
+                    request = runner.plan(encoding, spec.method, min(budget, n), **spec.params)
+                else:
+                    request = runner.select(encoding, spec.method, min(budget, n), **spec.params)
+            except ValueError as err:
+                raise ValueError(f"{spec.label} at K={budget}: {err}") from None
+            if in_llm:
+                numbers["kept_per"] = "question"
+            else:
+                numbers |= {"kept_per": "image", **_kept_numbers(runner, encoding, request)}
+            variants.append((numbers, request))
+    return variants
+
+
 @torch.inference_mode()
 def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab: Any) -> list[dict[str, Any]]:
     encoding = runner.encode(image, use_cache=False)
-    n = encoding.n_tokens
     base = {
         "item_id": item.item_id,
         "complexity": item.complexity,
@@ -72,52 +126,21 @@ def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab:
         "attention_entropy": encoding.attention_entropy,
         "truth": list(item.truth) if item.truth is not None else None,
     }
-    variants: list[tuple[dict[str, Any], pruning.Selection | None]] = [
-        (
-            {
-                "label": "full",
-                "method": "full",
-                "budget": n,
-                "n_visual_tokens": n,
-                "kept_erank": encoding.image_erank,
-                "retained_attention": 1.0,
-                "select_ms": 0.0,
-            },
-            None,
-        )
-    ]
-    for spec in config.methods:
-        for budget in config.budgets:
-            sel = runner.select(encoding, spec.method, min(budget, n), **spec.params)
-            tokens = runner.visual_tokens(encoding, sel)[encoding.prefix.shape[0] :]
-            variants.append(
-                (
-                    {
-                        "label": spec.label,
-                        "method": spec.method,
-                        "budget": budget,
-                        "n_visual_tokens": sel.n_output_tokens,
-                        "kept_erank": pruning.effective_rank(tokens) if tokens.shape[0] > 1 else 1.0,
-                        "retained_attention": pruning.retained_attention(encoding.inputs.cls_attn, sel.keep)
-                        if sel.keep.numel()
-                        else 0.0,
-                        "select_ms": sel.info.get("select_ms"),
-                    },
-                    sel,
-                )
-            )
+    variants = _variants(encoding, runner, config)
     rows = []
     for query in item.queries:
         start = time.perf_counter()
         gens = runner.generate_many(
             encoding,
             query.prompt,
-            [sel for _, sel in variants],
+            [request for _, request in variants],  # in-LLM plans run one row each, the rest batched
             GenerationOptions(max_new_tokens=config.max_new_tokens),
         )
         batch_ms = (time.perf_counter() - start) * 1e3
         full_text = gens[0].text  # variants[0] is the full model
         for (numbers, _), gen in zip(variants, gens):
+            if numbers["kept_per"] == "question":  # what the in-LLM method kept for this prompt
+                numbers = {**numbers, **_kept_numbers(runner, encoding, gen.selection)}
             scores = score_answer(query.task, gen.text, query.gold, item.truth, vocab)
             if query.task == "caption":
                 scores |= _caption_extras(gen.text, full_text, item, vocab)

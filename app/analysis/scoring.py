@@ -101,15 +101,24 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _per_image(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """One value of a selection number per image: the mean over its rows. A pre-LLM method's rows of
+    one image share its value; an in-LLM method's (``kept_per == "question"``) hold one per question."""
+    by_item: dict[Any, list[float]] = {}
+    for r in rows:
+        if r.get(key) is not None:
+            by_item.setdefault(r.get("item_id"), []).append(r[key])
+    return [sum(values) / len(values) for values in by_item.values()]
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """All the summary numbers of a group of rows (one method at one budget, say); ``agreement`` is
     the share of answers equal to the full model's on the same image and question, ``overlap``
     their mean word overlap with it (``scoring.word_overlap``)."""
     other = [r for r in rows if r.get("task") not in ("caption", "exists", "pope") and "correct" in r]
     wrong_colour = [r for r in rows if r.get("task") == "exists" and r.get("kind") == WRONG_COLOUR_KIND]
-    per_item = {r.get("item_id"): r for r in rows}.values()  # selection numbers once per image
-    erank = [r["kept_erank"] for r in per_item if r.get("kept_erank") is not None]
-    retained = [r["retained_attention"] for r in per_item if r.get("retained_attention") is not None]
+    erank = _per_image(rows, "kept_erank")
+    retained = _per_image(rows, "retained_attention")
     by_task: dict[str, list[bool]] = {}
     for r in other:
         by_task.setdefault(r["task"], []).append(bool(r["correct"]))

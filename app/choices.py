@@ -4,7 +4,8 @@ methods, budget, prompt and ground truth.
 
 The app names no pruning method outside ``DEFAULT_METHODS`` and ``DEFAULT_REPLAY``: what a method
 takes and what the page may do with it (replay its walk, draw its τ schedule) comes from its
-registry entry (``describe_method``).
+registry entry (``describe_method``). The in-LLM methods (FastV, DART at layer K) are offered
+beside the others; what the page says of them is ``IN_LLM_NOTE`` and, before an answer, ``IN_LLM_PENDING``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .messages import brief
 __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_REPLAY",
+    "IN_LLM_NOTE",
+    "IN_LLM_PENDING",
     "Example",
     "budget_presets",
     "check_budget",
@@ -39,6 +42,8 @@ DEFAULT_METHODS = ("attention", "diversity", "adaptive")  # what the page and th
 DEFAULT_REPLAY = "adaptive"  # the greedy walk the page's step-through starts on
 PAPER_BUDGETS = (192, 128, 64, 32)  # methods.md: the paper's budgets for 576 tokens
 SWEEP_MIN_BUDGET = 8  # a budget sweep starts here
+IN_LLM_NOTE = "prunes inside the LLM at layer K; its kept tokens depend on the question"
+IN_LLM_PENDING = "chosen inside the LLM from the question: ask to see which tokens it kept"
 
 
 @dataclass(frozen=True)
@@ -104,13 +109,23 @@ def sweep_budgets(n_tokens: int, points: int) -> list[int]:
 
 
 def describe_method(method: str) -> dict[str, Any]:
-    """A registry entry as plain values: its summary, the inputs it needs, its capabilities
-    (``replayable``, ``merges``, ``tau_schedule``) and each parameter's ``ranges``."""
+    """A registry entry as plain values: its summary, its ``stage``, the inputs it needs, its
+    capabilities (``replayable``, ``merges``, ``tau_schedule``) and each parameter's ``ranges``.
+
+    An in-LLM method also gets ``note`` (``IN_LLM_NOTE``) and ``pending`` (what its column says
+    before an answer, ``IN_LLM_PENDING``); both are None for the others. It is never
+    ``replayable`` here: the registry's flag speaks of its pick order inside the LLM, and the
+    page's step-through replays selections made before the LLM.
+    """
     spec = pruning.get_method(method)
+    in_llm = spec.stage == "in-llm"
     return {
         "summary": spec.summary,
+        "stage": spec.stage,
+        "note": IN_LLM_NOTE if in_llm else None,
+        "pending": IN_LLM_PENDING if in_llm else None,
         "needs": list(spec.needs),
-        "replayable": spec.replayable,
+        "replayable": spec.replayable and not in_llm,
         "merges": spec.merges,
         "tau_schedule": spec.tau_schedule,
         "ranges": {name: dataclasses.asdict(r) for name, r in spec.ranges.items()},
@@ -119,7 +134,7 @@ def describe_method(method: str) -> dict[str, Any]:
 
 def check_methods(methods: Any) -> list[str]:
     """``methods`` as a list, or a ``ValueError``: a comparison needs a non-empty list of registered
-    names, each once (the registry words an unknown name, listing the known ones)."""
+    names (pre-LLM or in-LLM), each once (the registry words an unknown name, listing the known ones)."""
     if isinstance(methods, str) or not isinstance(methods, Sequence):
         raise ValueError(f"methods must be a list of method names, got {brief(methods)}")
     if not methods:

@@ -2,7 +2,9 @@
 
 ``ComparePipeline`` wraps a ``Runner``. The UI calls it in two speeds: ``load`` and ``view``
 (encode once, then select and draw: milliseconds, re-run on every slider move) and ``answer``
-(generation, seconds). Heavy data stays here, per session, in an ``app.sessions.SessionStore``
+(generation, seconds). The in-LLM methods (FastV, DART at layer K) select while answering: their
+columns draw what they kept in the session's latest answer, or say why there is nothing yet
+(``app.inllm_views``). Heavy data stays here, per session, in an ``app.sessions.SessionStore``
 keyed by the image's content digest; the UI keeps only that key. Public methods take and return
 plain values; ``session`` names whose images they use (library callers may leave the default).
 """
@@ -11,18 +13,17 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
 import pruning
-from scoring import Vocabulary, mark_answer, normalize_words, same_answer, word_overlap
+from scoring import Vocabulary
 
+from .answering import answer_row, generate_rows
 from .choices import (
     DEFAULT_METHODS,
     DEFAULT_REPLAY,
@@ -37,9 +38,10 @@ from .choices import (
     typed_truth,
 )
 from .gridview import draw_overlays, encoding_view
+from .inllm_views import Answered, held, hold, is_in_llm, pending_view, plan_methods
 from .replay import replay_frame
-from .runtime import GenerationOptions
 from .runtime.images import image_digest, load_image
+from .selection_numbers import plain, selection_numbers
 from .sessions import DEFAULT_MAX_BYTES, DEFAULT_SESSION, AnswerCancelled, SessionStore, tensor_bytes
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ VIEW_SIZE = 336  # side of the overlay images, pixels
 
 @dataclass
 class _Entry:
+    key: str
     encoding: Any
     view: Image.Image
     truth: tuple[str, ...] | None
@@ -68,19 +71,6 @@ class _Entry:
     objects: tuple[tuple[str, str], ...] | None = None
     sweeps: dict[tuple, dict] = field(default_factory=dict)
     grids: tuple = ()  # one visualizers.PatchGrid per grid of a multi-grid image, in view pixels (app.gridview)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy of ``info`` values (tensors become lists, floats stay finite)."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class ComparePipeline:
@@ -118,11 +108,12 @@ class ComparePipeline:
 
     def info(self) -> dict[str, Any]:
         """What the UI needs to lay itself out, as plain values: token count, budget presets and
-        default, every method with its calibrated defaults (``params``) and registry entry
-        (``method_info``, see ``choices.describe_method``), the default methods and replay."""
+        default, every method (pre-LLM and in-LLM) with its calibrated defaults (``params``) and
+        registry entry (``method_info``, see ``choices.describe_method``), the default methods and
+        replay."""
         meta = self.runner.metadata
         n = self.n_tokens
-        methods = pruning.list_methods()
+        methods = pruning.list_methods("all")
         method_info = {m: describe_method(m) for m in methods}
         replayable = [m for m in methods if method_info[m]["replayable"]]
         return {
@@ -209,6 +200,7 @@ class ComparePipeline:
         example = self._truth_by_digest.get(key)
         view, grids = encoding_view(img, encoding, VIEW_SIZE)
         entry = _Entry(
+            key=key,
             encoding=encoding,
             view=view,
             grids=grids,
@@ -277,6 +269,14 @@ class ComparePipeline:
     ) -> dict[str, pruning.Selection]:
         return {m: self.runner.select(entry.encoding, m, budget, **dict((params or {}).get(m, {}))) for m in methods}
 
+    def _requests(
+        self, entry: _Entry, methods: Sequence[str], budget: int, params: Mapping[str, Mapping[str, Any]] | None
+    ) -> tuple[dict[str, pruning.Selection], dict[str, Any], dict[str, str]]:
+        """The pre-LLM methods' selections, the in-LLM ones' plans, and the in-LLM refusals in one line each."""
+        in_llm = [m for m in methods if is_in_llm(m)]
+        selections = self._select(entry, [m for m in methods if m not in in_llm], budget, params)
+        return selections, *plan_methods(self.runner, entry.encoding, in_llm, budget, params)
+
     def view(
         self,
         key: str,
@@ -287,9 +287,15 @@ class ComparePipeline:
         colour_by: str | None = None,
         session: str = DEFAULT_SESSION,
     ) -> dict[str, dict[str, Any]]:
-        """Per method: overlay image and the selection's numbers. The fast step of the page."""
+        """Per method: overlay image and the selection's numbers. The fast step of the page.
+
+        An in-LLM method's row is drawn from what it kept in ``session``'s latest answer when that
+        answer was for this image, budget and parameters (then it also has ``layer`` and
+        ``prompt``); otherwise it has no overlay and no numbers, and says why in ``pending``, or in
+        ``refused`` when this model or these parameters rule it out (``app.inllm_views``).
+        """
         entry, methods, budget = self._request(key, methods, budget, session)
-        return self._view(entry, methods, budget, params, colour_by)
+        return self._view(entry, methods, budget, params, colour_by, session)
 
     def _view(
         self,
@@ -298,29 +304,26 @@ class ComparePipeline:
         budget: int,
         params: Mapping[str, Mapping[str, Any]] | None,
         colour_by: str | None,
+        session: str,
     ) -> dict[str, dict[str, Any]]:
-        inputs, selections = entry.encoding.inputs, self._select(entry, methods, budget, params)
-        drawn = draw_overlays(entry.view, entry.grids or inputs.grid, selections, inputs.cls_attn, colour_by)
-        return {method: {"overlay": drawn[method], **self._numbers(entry, sel)} for method, sel in selections.items()}
-
-    @torch.inference_mode()
-    def _numbers(self, entry: _Entry, sel: pruning.Selection) -> dict[str, Any]:
         inputs = entry.encoding.inputs
-        tokens = self.runner.visual_tokens(entry.encoding, sel)[entry.encoding.prefix.shape[0] :]
-        kept_erank = pruning.effective_rank(tokens) if tokens.shape[0] > 1 else 1.0
-        retained = pruning.retained_attention(inputs.cls_attn, sel.keep) if sel.keep.numel() else 0.0
-        info = {k: v for k, v in sel.info.items() if k not in ("removed_at",)}
-        return {
-            "method": sel.method,
-            "n_visual_tokens": sel.n_output_tokens,
-            "retention": sel.n_output_tokens / inputs.n_tokens,
-            "retained_attention": retained,
-            "kept_erank": kept_erank,
-            "select_ms": sel.info.get("select_ms"),
-            "keep": sel.keep.cpu().tolist(),
-            "order": sel.order.cpu().tolist(),
-            "info": _plain(info),
-        }
+        selections, plans, refused = self._requests(entry, methods, budget, params)
+        answered = {m: held(self.store, session, entry.key, plan) for m, plan in plans.items()}
+        answered = {m: a for m, a in answered.items() if a is not None}
+        selections |= {m: a.selection for m, a in answered.items()}
+        drawn = draw_overlays(entry.view, entry.grids or inputs.grid, selections, inputs.cls_attn, colour_by)
+        out = {}
+        for m in methods:
+            if m not in selections:
+                out[m] = pending_view(m, plans[m].layer if m in plans else None, refused.get(m))
+                continue
+            out[m] = {"overlay": drawn[m], **self._numbers(entry, selections[m])}
+            if m in answered:
+                out[m] |= {"layer": answered[m].plan.layer, "prompt": answered[m].prompt}
+        return out
+
+    def _numbers(self, entry: _Entry, sel: pruning.Selection) -> dict[str, Any]:
+        return selection_numbers(self.runner, entry.encoding, sel)
 
     def sweep(
         self,
@@ -331,9 +334,13 @@ class ComparePipeline:
         *,
         session: str = DEFAULT_SESSION,
     ) -> dict[str, dict[str, list[float]]]:
-        """Kept erank and retained attention from 8 tokens to all of them (selection only), cached."""
+        """Kept erank and retained attention from 8 tokens to all of them (selection only), cached.
+
+        In-LLM methods are left out: what they keep depends on the question, so there is no
+        selection to sweep before an answer.
+        """
         entry = self._entry(key, session)
-        methods = check_methods(methods)
+        methods = [m for m in check_methods(methods) if not is_in_llm(m)]
         budgets = sweep_budgets(entry.encoding.n_tokens, points)
         out = {}
         for method in methods:
@@ -364,8 +371,11 @@ class ComparePipeline:
 
         See ``app.replay.replay_frame``: the picks are ``order[:step]`` (a walk for the registry's
         ``replayable`` methods); methods with a ``tau_schedule`` also show what each pick suppressed.
+        An in-LLM method is refused: it selects inside the LLM, so it has no walk before it.
         """
         entry, _, budget = self._request(key, [method], budget, session)
+        if is_in_llm(method):
+            raise ValueError(f"{method} prunes inside the LLM, from the question: it has no pre-LLM walk to replay")
         sel = self._select(entry, [method], budget, params)[method]
         return replay_frame(entry.view, entry.grids or entry.encoding.inputs.grid, sel, step)
 
@@ -393,11 +403,16 @@ class ComparePipeline:
         object (blank, or only commas) leaves it. Setting ``cancel`` stops the work at the next
         token and raises ``AnswerCancelled``. ``progress(name, text)`` ("full" or a method) gets
         every answer as it grows, from the generating thread.
+
+        An in-LLM method runs its ``Runner.plan`` in the same call; its row also has ``layer`` and
+        ``selection`` (the numbers ``view`` gives of the tokens it kept), and ``session``'s view
+        draws that selection from then on (``app.inllm_views``). One this model or these
+        parameters rule out gets only ``refused``, in one line, and the others still answer.
         """
         entry, methods, budget = self._request(key, methods, budget, session)
         prompt = self.check_prompt(prompt)
         typed = typed_truth(truth_text, self.vocabulary)
-        return self._answer(entry, prompt, methods, budget, params, typed, measure_prefill, cancel, progress)
+        return self._answer(entry, prompt, methods, budget, params, typed, measure_prefill, cancel, progress, session)
 
     def _answer(
         self,
@@ -409,51 +424,34 @@ class ComparePipeline:
         typed_truth: tuple[str, ...] | None,
         measure_prefill: bool,
         cancel: threading.Event | None,
-        progress: Callable[[str, str], None] | None = None,
+        progress: Callable[[str, str], None] | None,
+        session: str,
     ) -> dict[str, dict[str, Any]]:
         truth = typed_truth if typed_truth is not None else entry.truth
-        selections = self._select(entry, methods, budget, params)
-        rows = [None, *selections.values()]
-        names = ["full", *selections]
-
-        def stopped() -> bool:
-            return cancel is not None and cancel.is_set()
-
-        report = None if progress is None else (lambda i, text: progress(names[i], text))
-        options = GenerationOptions(max_new_tokens=self.max_new_tokens)
+        selections, plans, refused = self._requests(entry, methods, budget, params)
+        requests = selections | plans  # every method but the refused ones
+        rows = {"full": None, **{m: requests[m] for m in methods if m in requests}}
+        names = list(rows)
         with self._model_lock:
-            start = time.perf_counter()
-            gens = self.runner.generate_many(entry.encoding, prompt, rows, options, cancel=cancel, progress=report)
-            batch_ms = (time.perf_counter() - start) * 1e3
-            prefill = {}
-            for name, sel in zip(names, rows) if measure_prefill else ():
-                if stopped():
-                    break
-                one = self.runner.generate(entry.encoding, prompt, sel, GenerationOptions(max_new_tokens=1))
-                prefill[name] = one.timings.get("prefill_ms")
-        if stopped():
+            gens, batch_ms, prefill = generate_rows(
+                self.runner, entry.encoding, prompt, rows, self.max_new_tokens,
+                measure_prefill=measure_prefill, cancel=cancel, progress=progress,
+            )  # fmt: skip
+        if cancel is not None and cancel.is_set():
             raise AnswerCancelled("stopped before the answers were complete")
-        reference = gens[0].text
+        own = typed_truth is None and entry.objects and self.attribute_errors is not None
         out = {}
         for name, gen in zip(names, gens):
-            own = typed_truth is None and entry.objects and self.attribute_errors is not None
-            wrong, ref = self.attribute_errors(gen.text, entry.objects) if own else None, reference
-            marks = mark_answer(gen.text, self.vocabulary, truth=truth, reference=ref, wrong_attributes=wrong)
-            if name == "full" and truth is None:
-                marks = mark_answer(gen.text, self.vocabulary)
-            p = prefill.get(name)
-            out[name] = {
-                "text": gen.text,
-                "n_visual_tokens": gen.n_visual_tokens,
-                "n_new_tokens": len(gen.token_ids),
-                "prefill_ms": p,
-                "speedup": prefill["full"] / p if p and prefill.get("full") else None,
-                "batch_ms": batch_ms,
-                "same_as_full": same_answer(gen.text, reference, normalize=normalize_words),
-                "overlap_with_full": word_overlap(gen.text, reference),
-                **marks,
-            }
-        return out
+            wrong = self.attribute_errors(gen.text, entry.objects) if own else None
+            marks = {"vocabulary": self.vocabulary, "truth": truth, "wrong_attributes": wrong}
+            out[name] = answer_row(name, gen, gens[0].text, prefill, batch_ms, **marks)
+        answered = {}
+        for m, plan in plans.items():
+            sel = gens[names.index(m)].selection
+            out[m] |= {"layer": plan.layer, "selection": self._numbers(entry, sel)}
+            answered[m] = Answered(entry.key, plan, prompt, sel)
+        hold(self.store, session, answered)
+        return {name: out.get(name) or {"refused": refused[name]} for name in ["full", *methods]}
 
     def compare(
         self,
@@ -482,8 +480,8 @@ class ComparePipeline:
             key = summary.pop("key")
             budget = default_budget(summary["n_tokens"], summary["presets"]) if budget is None else budget
             entry = self._entry(key, session)
-            views = self._view(entry, methods, budget, params, None)
-            answers = self._answer(entry, prompt, methods, budget, params, typed, True, cancel)
+            answers = self._answer(entry, prompt, methods, budget, params, typed, True, cancel, None, session)
+            views = self._view(entry, methods, budget, params, None, session)  # in-LLM: what the answers kept
         finally:
             self.release(session)
         results = {}
@@ -495,5 +493,5 @@ class ComparePipeline:
             "prompt": prompt,
             "budget": budget,
             "full": answers["full"],
-            "methods": _plain(results),
+            "methods": plain(results),
         }

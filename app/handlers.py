@@ -2,11 +2,13 @@
 
 ``Handlers`` turns widget values into the plain values ``ComparePipeline`` takes (64.0 -> 64, a
 comma-separated string -> a list of names, the parameter boxes -> a dict per method), refusing only
-what has none (an empty box, a bool or text in a number box, another word in a true/false box), and
-formats the results (markdown, highlighted segments, plotly figures). Whether a plain value is
-allowed is said once, by its owner: the registry for methods and parameters, the pipeline for the
-budget's range, the runtime for the prompt. Refusals are ``ValueError`` messages quoting user input
-only through ``brief``; every call names its page ``session``. No gradio, torch or ``pruning`` here.
+what has none (an empty box, a bool or text in a number box, another word in a true/false box:
+``app.slots``), and formats the results (markdown, highlighted segments, plotly figures). An in-LLM
+method's column says why it has nothing to draw until an answer tells what it kept, and a method
+this model rules out says so in its own column. Whether a plain value is allowed is said once, by
+its owner: the registry for methods and parameters, the pipeline for the budget's range, the
+runtime for the prompt. Refusals are ``ValueError`` messages quoting user input only through
+``brief``; every call names its page ``session``. No gradio, torch or ``pruning`` here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from visualizers import (
@@ -27,9 +28,10 @@ from visualizers import (
     tau_schedule_figure,
 )
 
-from .messages import brief
+from .messages import brief, markdown_text
 from .runtime.images import ImageFileMissing
 from .sessions import DEFAULT_SESSION, AnswerCancelled
+from .slots import ParamSlot, as_number, slot_kind, slot_value, whole
 
 if TYPE_CHECKING:
     from .compare import ComparePipeline
@@ -38,7 +40,6 @@ __all__ = ["MAX_PROMPT_CHARS", "PROMPT_PRESETS", "AnswerCancelled", "Handlers", 
 
 MAX_PROMPT_CHARS = 2000  # the prompt box's limit, checked before tokenising; the model's room is the pipeline's
 MAX_EXPORT_SIDE = 1024  # overlay images are at most this many pixels a side when tiled for PNG export
-_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False}
 PROMPT_PRESETS = (
     "Describe this image in detail.",
     "Describe the image.",
@@ -55,52 +56,8 @@ CALIBRATION_WORDS = {  # what the page says of a model's calibration, by ``Calib
 }
 
 
-@dataclass(frozen=True)
-class ParamSlot:
-    """One parameter box: its method, parameter, default, kind ("number", "int", "bool") and ``wants``."""
-
-    method: str
-    name: str
-    default: Any
-    kind: str = "number"
-    lo: float | None = None
-    hi: float | None = None
-    step: float | None = None
-    wants: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} · {self.name}"
-
-
 def _format_ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} ms"
-
-
-def _number(value: Any) -> int | float | None:
-    """A number box's value as an int or float (text is parsed); None when it is no number (a bool is none)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _whole(number: int | float) -> int | float:
-    """64.0 -> 64; any other number as it is."""
-    return int(number) if isinstance(number, float) and number.is_integer() else number
-
-
-def _slot_range(default: Any, ranges: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A slot's kind and range from its registry ``ranges`` (the kind from the default's type when absent)."""
-    r = dict(ranges or {})
-    kind = r.get("kind")
-    if kind not in ("number", "int", "bool"):
-        kind = "bool" if isinstance(default, bool) else "int" if isinstance(default, int) else "number"
-    return {"kind": kind, **{k: r[k] for k in ("lo", "hi", "step", "wants") if r.get(k) is not None}}
 
 
 def _settings(key: str, methods: Any, budget: Any, params: Mapping[str, Mapping[str, Any]]) -> str:
@@ -117,7 +74,7 @@ class Handlers:
         self.info = pipeline.info()
         ranges = {m: d.get("ranges", {}) for m, d in self.info.get("method_info", {}).items()}
         self.slots = [
-            ParamSlot(method, name, default, **_slot_range(default, ranges.get(method, {}).get(name)))
+            ParamSlot(method, name, default, **slot_kind(default, ranges.get(method, {}).get(name)))
             for method in self.info["methods"]
             for name, default in self.info["params"][method].items()
             if isinstance(default, (bool, int, float))
@@ -135,37 +92,20 @@ class Handlers:
             raise ValueError(f"expected {len(self.slots)} parameter values, got {len(values)}")
         out: dict[str, dict[str, Any]] = {}
         for slot, value in zip(self.slots, values):
-            value = self._slot_value(slot, value)
+            value = slot_value(slot, value)
             if value != slot.default:
                 out.setdefault(slot.method, {})[slot.name] = value
         return out
 
-    @staticmethod
-    def _slot_value(slot: ParamSlot, value: Any) -> Any:
-        if value is None or value == "":
-            raise ValueError(f"{slot.label} is empty: give it a value (default {slot.default})")
-        if slot.kind == "bool":
-            if isinstance(value, str):
-                value = _BOOL_WORDS.get(value.strip().lower(), value)
-            if not isinstance(value, bool) and not (isinstance(value, int) and value in (0, 1)):
-                raise ValueError(f"{slot.label} must be true or false, got {brief(value)}")
-            return bool(value)
-        number = _number(value)
-        if number is None:
-            raise ValueError(f"{slot.label} must be a number, got {brief(value)}")
-        if slot.kind == "int":
-            return _whole(number)
-        return float(number)
-
     def budget(self, value: Any) -> int | float:
         """The budget box's value as a plain number (64.0 and "64" become 64); a bool or text that is
         no number is refused here, and the pipeline checks the number against 1..N."""
-        number = _number(value)
+        number = as_number(value)
         if number is None:
             n = self.info["n_tokens"]
             wants = "a whole number" if isinstance(value, bool) else "a number"
             raise ValueError(f"budget must be {wants} from 1 to {n}, got {brief(value)}")
-        return _whole(number)
+        return whole(number)
 
     @staticmethod
     def methods(values: Any) -> Any:
@@ -254,29 +194,14 @@ class Handlers:
             methods = self.methods(methods)
             budget = self.budget(budget)
             params = self.params(param_values)
-            if colour_by not in (None, "", "none", "order", "attention"):
-                raise ValueError(f"colour by must be none, order or attention, got {brief(colour_by)}")
-            mode = None if colour_by in (None, "", "none") else colour_by
+            mode = self._colour_mode(colour_by)
+            # first, so that stale answers are forgotten, with what the in-LLM methods kept in them, before drawing
+            stale = store.mark_viewed(session, _settings(key, methods, budget, params))
             views = self.pipeline.view(key, methods, budget, params, colour_by=mode, session=session)
         except Exception:
             store.mark_viewed(session, ("refused",))  # the controls match no answer now
             raise
-        stale = store.mark_viewed(session, _settings(key, methods, budget, params))
-        cards = []
-        for method in methods:
-            v = views[method]
-            cards.append(
-                {
-                    "method": method,
-                    "overlay": v["overlay"],
-                    "stats": (
-                        f"**{v['n_visual_tokens']}** tokens ({v['retention']:.0%}) · retained attention "
-                        f"**{v['retained_attention']:.2f}** · kept erank **{v['kept_erank']:.1f}** · "
-                        f"select {_format_ms(v['select_ms'])}"
-                    ),
-                    "numbers": {k: v[k] for k in ("n_visual_tokens", "retained_attention", "kept_erank", "select_ms")},
-                }
-            )
+        cards = [self._view_card(method, views[method]) for method in methods]
         bars = method_bars({c["method"]: c["numbers"] for c in cards}, ["kept_erank", "retained_attention"])
         record = {
             "image": key,
@@ -289,6 +214,33 @@ class Handlers:
         }
         self.pipeline.store.set_record(session, "view", record)
         return cards, bars, self._tau_figure(views, params), record
+
+    @staticmethod
+    def _colour_mode(colour_by: Any) -> str | None:
+        if colour_by not in (None, "", "none", "order", "attention"):
+            raise ValueError(f"colour by must be none, order or attention, got {brief(colour_by)}")
+        return None if colour_by in (None, "", "none") else colour_by
+
+    @staticmethod
+    def _view_card(method: str, v: Mapping[str, Any]) -> dict[str, Any]:
+        """One method's overlay, stats line and numbers. An in-LLM method (its view has a ``layer``)
+        with no answer to draw says why instead (``pending``, or ``refused`` for this model or request)."""
+        numbers = {k: v[k] for k in ("n_visual_tokens", "retained_attention", "kept_erank", "select_ms")}
+        if "layer" in v:
+            numbers |= {"layer": v["layer"], **{k: v[k] for k in ("pending", "refused") if v.get(k)}}
+        if v.get("refused"):
+            stats = f"**Cannot run here:** {markdown_text(v['refused'])}"
+        elif v.get("pending"):
+            stats = f"*{v['pending'][0].upper()}{v['pending'][1:]}* (layer {v['layer']})."
+        else:
+            stats = (
+                f"**{v['n_visual_tokens']}** tokens ({v['retention']:.0%}) · retained attention "
+                f"**{v['retained_attention']:.2f}** · kept erank **{v['kept_erank']:.1f}** · "
+                f"select {_format_ms(v['select_ms'])}"
+            )
+            if "layer" in v:
+                stats += f" · kept at LLM layer **{v['layer']}** for this question"
+        return {"method": method, "overlay": v["overlay"], "stats": stats, "numbers": numbers}
 
     def _tau_figure(self, views: Mapping[str, Mapping[str, Any]], params: Mapping[str, Mapping[str, Any]]):
         """The τ schedule of the first shown method that reports one (its registry ``tau_schedule``
@@ -306,8 +258,14 @@ class Handlers:
     def sweep(self, key: str, methods: Any, param_values: Sequence[Any], session: str = DEFAULT_SESSION):
         if not key:
             raise ValueError("load an image first")
-        data = self.pipeline.sweep(key, self.methods(methods), self.params(param_values), session=session)
-        return budget_sweep_figure(data, n_tokens=self.info["n_tokens"])
+        methods = self.methods(methods)
+        data = self.pipeline.sweep(key, methods, self.params(param_values), session=session)
+        fig = budget_sweep_figure(data, n_tokens=self.info["n_tokens"])
+        skipped = [m for m in methods if m not in data]  # in-LLM: nothing is selected before the question
+        if skipped:
+            note = f"not swept: {', '.join(skipped)} (in-LLM: what it keeps depends on the question)"
+            fig.update_layout(title=f"{fig.layout.title.text}<br><sup>{note}</sup>")
+        return fig
 
     def step(
         self,
@@ -318,9 +276,14 @@ class Handlers:
         param_values: Sequence[Any],
         session: str = DEFAULT_SESSION,
     ):
-        """One frame of the step-through: (image, markdown). The pick slider's value is held to the budget."""
+        """One frame of the step-through: (image, markdown). The pick slider's value is held to the budget.
+
+        An in-LLM method has no pre-LLM walk: (None, a one-line note saying so).
+        """
         if not key:
             raise ValueError("load an image first")
+        if self.info["method_info"].get(method, {}).get("stage") == "in-llm":
+            return None, f"*{method} is not replayed: it {self.info['method_info'][method]['note']}.*"
         budget = self.budget(budget)
         try:
             step = float(step or 1)
@@ -347,6 +310,7 @@ class Handlers:
         param_values: Sequence[Any],
         truth: Any,
         *,
+        colour_by: Any = None,
         image: Any = None,
         session: str = DEFAULT_SESSION,
         progress: Callable[[str, str], None] | None = None,
@@ -359,6 +323,9 @@ class Handlers:
         answer, a settings change, Stop or a closed tab; ``on_start(event)`` gets that cancellation
         event first, ``progress(name, text)`` every answer as it grows. Returns (full card, method
         cards, summary, record); ``record["current"]`` is False when the settings moved meanwhile.
+        An in-LLM method's card also has the ``overlay`` and ``stats`` of what it kept, coloured by
+        ``colour_by`` (None: as the session's last view; that view showed nothing for it); a
+        method this model or request rules out has only a one-line refusal, and the others answer.
         """
         store = self.pipeline.store
         cancel = store.start_answer(session, None)  # from now on Stop or a closed tab reaches it
@@ -380,6 +347,8 @@ class Handlers:
             budget = self.budget(budget)
             params = self.params(param_values)
             truth_text = self.truth(truth)
+            shown = store.record(session, "view") or {}
+            mode = self._colour_mode(colour_by if colour_by is not None else shown.get("colour_by"))
             settings = _settings(key, methods, budget, params)
             store.set_running_for(session, cancel, settings)
             if cancel.is_set():
@@ -398,12 +367,24 @@ class Handlers:
         finally:
             current = store.finish_answer(session, settings, cancel)
         cards = {name: self._answer_card(row, versus_full=name != "full") for name, row in out.items()}
-        first = next(iter(out.values()))
-        label = self._image_label(key, session)
+        in_llm = [m for m in methods if self.info["method_info"][m].get("stage") == "in-llm"]
+        if current and in_llm:  # what they kept is known now: drawn as the view draws it
+            views = self.pipeline.view(key, in_llm, budget, params, colour_by=mode, session=session)
+            drawn = {m: self._view_card(m, views[m]) for m in in_llm}
+            for m, card in drawn.items():
+                cards[m] |= {"overlay": card["overlay"], "stats": card["stats"]}
+            shown = store.record(session, "view")
+            if shown and (shown["image"], shown["budget"]) == (key, budget):  # the page's view shows them now
+                kept = {m: card["numbers"] for m, card in drawn.items()}
+                store.set_record(session, "view", {**shown, "selection": {**shown["selection"], **kept}})
+        first, label = out["full"], self._image_label(key, session)
+        refused = [m for m in methods if "refused" in out[m]]
         summary = (
-            f"Answers for **{label}** at **{budget}** tokens: {len(out)} answers generated together in "
-            f"{first['batch_ms']:.0f} ms. Basis for marks: {first['basis']}."
+            f"Answers for **{label}** at **{budget}** tokens: {len(out) - len(refused)} answers generated together "
+            f"in {first['batch_ms']:.0f} ms. Basis for marks: {first['basis']}."
         )
+        if refused:
+            summary += f" Not run here: {', '.join(refused)} (its column says why)."
         record = {
             "image": key,
             "prompt": prompt,
@@ -433,12 +414,17 @@ class Handlers:
 
     @staticmethod
     def _answer_card(row: Mapping[str, Any], versus_full: bool) -> dict[str, Any]:
+        """What an answer column shows: the marked answer, its speed and agreement line, what it missed."""
+        if "refused" in row:
+            refusal = f"**Cannot run here:** {markdown_text(row['refused'])}"
+            return {"segments": None, "speed": refusal, "missed": "", "text": ""}
         speedup = f" · **{row['speedup']:.2f}×** vs full" if row.get("speedup") else ""
         wrong, missed = row.get("wrong_attributes") or [], row["missed"]
         notes = [f"missed: {', '.join(missed)}"] * bool(missed) + [f"wrong: {'; '.join(wrong)}"] * bool(wrong)
         overlap = f"{row['overlap_with_full']:.0%} word overlap with full"
         same = "same answer as full" if row["same_as_full"] else overlap
         speed = f"prefill {_format_ms(row['prefill_ms'])}{speedup}" + (f" · {same}" if versus_full else "")
+        speed += f" · pruned inside the LLM at layer {row['layer']}" if "layer" in row else ""
         return {"segments": row["segments"], "speed": speed, "missed": "; ".join(notes), "text": row["text"]}
 
     # -- export ----------------------------------------------------------------------------------------

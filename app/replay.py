@@ -4,7 +4,8 @@ A pure function of a selection (``order`` and ``info``) and the image the model 
 step-through; it works for any method, and shows suppression only for those that report it. An
 image the model reads as several patch grids (LLaVA-NeXT, LLaVA-OneVision) is drawn as
 ``visualizers.overlay_grids`` draws it, and the walk steps through the picks of every grid in the
-selection's own order (grid after grid, each in its pick order).
+selection's own order (grid after grid, each in its pick order). A selection an in-LLM method made
+while answering is refused: its order ranks tokens inside the LLM, not a walk before it.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ def replay_frame(
             several (token indices then run grid after grid).
         sel: the selection, in the same numbering.
         step: how many picks to show.
+    Raises:
+        ValueError: for a step outside 1..len(order), a bad grid, or an in-LLM method's selection.
     Returns:
         ``image``, ``pick`` (the last pick's token index) and where it lies (``pick_grid``: its
         grid's name, None for one grid; ``pick_row``, ``pick_col`` inside that grid; ``place``, the
         three in words), ``picked``, ``suppressed_now``, ``suppressed_before``, ``tau`` and ``n_steps``.
     """
+    if sel.method in pruning.list_methods("in-llm"):
+        raise ValueError(f"{sel.method} prunes inside the LLM, from the question: it has no pre-LLM walk to replay")
     grids = None if _is_shape(grid) else list(grid)
     if grids is not None and not (grids and all(isinstance(g, PatchGrid) for g in grids)):
         raise ValueError(f"grid must be (rows, cols) or a non-empty sequence of PatchGrid, got {brief(grid)}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ANSWER_RECORDS",
     "DEFAULT_IDLE_S",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SESSION",
@@ -43,6 +44,9 @@ DEFAULT_IDLE_S = 30 * 60.0  # a session untouched this long may be freed when me
 IMAGES_PER_SESSION = 2  # the image on the page and the one before
 RELEASED_REMEMBERED = 10_000  # ended session ids remembered, so late work cannot bring one back
 DEFAULT_SESSION = "local"  # the session of library callers that do not name one
+# Records that belong to the page's answers, forgotten with them: the answers, and what the in-LLM
+# methods kept while answering (``app.inllm_views``).
+ANSWER_RECORDS = ("answers", "in-llm")
 
 
 class ServerFullError(RuntimeError):
@@ -244,7 +248,7 @@ class SessionStore:
             stale = s.answered is not None and s.answered != settings
             if stale:
                 s.answered = None
-                s.records.pop("answers", None)
+                self._forget_answer_records(s)
             return stale
 
     def forget_answers(self, session: str) -> bool:
@@ -260,19 +264,27 @@ class SessionStore:
             if s.running is not None:
                 s.running.set()
             s.answered = None
-            s.records.pop("answers", None)
+            self._forget_answer_records(s)
             return had
+
+    @staticmethod
+    def _forget_answer_records(s: Session) -> None:
+        for kind in ANSWER_RECORDS:
+            s.records.pop(kind, None)
 
     def start_answer(self, session: str, settings: Hashable) -> threading.Event:
         """Begin a generation for ``settings``: cancels the session's previous one; returns its event.
 
         ``settings`` may be None while the request is still being checked (its image encoded); the
-        event exists from then on, so a Stop or a closed tab in that time is not lost.
+        event exists from then on, so a Stop or a closed tab in that time is not lost. The answers
+        shown before are forgotten (the page clears them as it asks for new ones).
         """
         with self._lock:
             s = self._session(session)
             if s.running is not None:
                 s.running.set()
+            s.answered = None
+            self._forget_answer_records(s)
             s.running, s.running_for, s.viewed_at_start = threading.Event(), settings, s.viewed
             return s.running
 

@@ -35,7 +35,7 @@ def test_budget_presets_scale_with_token_count():
 
 def test_info_lists_every_method_with_calibrated_defaults(pipeline):
     info = pipeline.info()
-    assert info["methods"] == pruning.list_methods()
+    assert info["methods"] == pruning.list_methods("all")  # pre-LLM and in-LLM methods alike
     assert info["default_methods"] == ["attention", "diversity", "adaptive"]
     assert info["params"]["adaptive"]["erank_avg"] == pipeline.runner.calibration.erank_avg
     assert info["n_tokens"] == 16 and info["default_budget"] == 2  # the third preset: 64 of 576, scaled

@@ -2,7 +2,9 @@
 and answer, and the summary line under them.
 
 ``Columns`` also says what its events write: ``cleared`` (every answer emptied, with a reason) and
-``answers`` (the answer fields filled), as ``{component: value}`` dicts.
+``answers`` (the answer fields filled), as ``{component: value}`` dicts. An in-LLM method's column
+(FastV, DART at layer K) has a ``pending`` line: until an answer says which tokens it kept, that
+line stands in for its overlay and numbers, so its overlay and stats are answer fields too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ HIGHLIGHT_COLOURS = {"correct": "#2ca02c", "hallucinated": "#d62728", "not in fu
 
 @dataclass(frozen=True)
 class Column:
-    """One column: the full model's (``column`` and ``stats`` None) or a method's (shown when chosen)."""
+    """One column: the full model's (``column`` and ``stats`` None) or a method's (shown when chosen).
+
+    ``pending`` is what an in-LLM method's stats say before an answer (None for the others).
+    """
 
     name: str
     overlay: gr.Image
@@ -29,6 +34,7 @@ class Column:
     missed: gr.Markdown
     column: gr.Column | None = None
     stats: gr.Markdown | None = None
+    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Columns:
             self.full.missed,
             self.summary,
             *(c for col in self.methods for c in (col.answer, col.speed, col.missed)),
+            *(c for col in self.methods if col.pending for c in (col.overlay, col.stats)),
         ]
 
     @property
@@ -53,11 +60,19 @@ class Columns:
         """Every component a view writes: each method's column (shown or not), overlay and numbers."""
         return [c for col in self.methods for c in (col.column, col.overlay, col.stats)]
 
+    @property
+    def view_and_answer_outputs(self) -> list[Any]:
+        """``view_outputs`` then the answer fields, each component once (a view also clears answers)."""
+        seen = {id(c) for c in self.view_outputs}
+        return [*self.view_outputs, *(c for c in self.answer_outputs if id(c) not in seen)]
+
     def cleared(self, summary: str) -> dict[Any, Any]:
-        """Every answer field emptied, with ``summary`` saying why."""
+        """Every answer field emptied, with ``summary`` saying why (in-LLM columns: their ``pending`` line)."""
         out = {self.summary: summary}
         for col in (self.full, *self.methods):
             out |= {col.answer: None, col.speed: "", col.missed: ""}
+            if col.pending:
+                out |= {col.overlay: None, col.stats: col.pending}
         return out
 
     def partial(self, so_far: Mapping[str, str]) -> dict[Any, Any]:
@@ -77,6 +92,9 @@ class Columns:
             out[col.answer] = card["segments"] if card else None
             out[col.speed] = card["speed"] if card else ""
             out[col.missed] = card["missed"] if card else ""
+            if col.pending:  # what it kept for this answer, or why it has nothing
+                out[col.overlay] = card.get("overlay") if card else None
+                out[col.stats] = card["stats"] if card and "stats" in card else col.pending
         return out
 
 
@@ -90,15 +108,17 @@ def _full_column() -> Column:
     return Column("full", overlay, speed, answer, missed)
 
 
-def _method_column(method: str, shown: bool) -> Column:
+def _method_column(method: str, shown: bool, described: dict[str, Any]) -> Column:
+    """A method's column; an in-LLM method's (its registry entry has a ``note``) says so under its name."""
+    pending = f"*{described['pending'][0].upper()}{described['pending'][1:]}.*" if described.get("pending") else None
     with gr.Column(min_width=220, visible=shown, elem_id=f"col-{method}") as column:
-        gr.Markdown(f"### {method}")
+        gr.Markdown(f"### {method}" + (f"\n*In-LLM: {described['note']}.*" if described.get("note") else ""))
         overlay = gr.Image(label=f"{method} overlay", interactive=False, height=260, elem_id=f"overlay-{method}")
-        stats = gr.Markdown(elem_id=f"stats-{method}")
+        stats = gr.Markdown(pending or "", elem_id=f"stats-{method}")
         speed = gr.Markdown(elem_id=f"speed-{method}")
         answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id=f"answer-{method}")
         missed = gr.Markdown()
-    return Column(method, overlay, speed, answer, missed, column=column, stats=stats)
+    return Column(method, overlay, speed, answer, missed, column=column, stats=stats, pending=pending)
 
 
 def build_columns(info: dict[str, Any]) -> Columns:
@@ -106,6 +126,7 @@ def build_columns(info: dict[str, Any]) -> Columns:
     gr.Markdown("## Side by side")
     with gr.Row(equal_height=False):
         full = _full_column()
-        methods = tuple(_method_column(m, m in info["default_methods"]) for m in info["methods"])
+        described = info["method_info"]
+        methods = tuple(_method_column(m, m in info["default_methods"], described[m]) for m in info["methods"])
     summary = gr.Markdown(elem_id="answer-summary")
     return Columns(full, methods, summary)

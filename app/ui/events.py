@@ -72,13 +72,13 @@ def wire_view(
             out[col.column] = gr.Column(visible=card is not None)
             out[col.overlay] = card["overlay"] if card else None
             out[col.stats] = card["stats"] if card else ""
-        return out | columns.cleared(STALE) if rec["answers_stale"] else out
+        return columns.cleared(STALE) | out if rec["answers_stale"] else out  # an in-LLM column: the view's line
 
     def on_sweep(request: gr.Request, k, chosen_methods, *pvals):
         return h.sweep(k, chosen_methods, list(pvals), session_of(request)) if k else None
 
     view_inputs = [key, *inputs.view_settings]
-    view_outputs = [plots.bars, facts.taus, *columns.view_outputs, *columns.answer_outputs]
+    view_outputs = [plots.bars, facts.taus, *columns.view_and_answer_outputs]
     sweep_inputs = [key, inputs.methods, *inputs.params]
     loaded = gr.on(
         triggers=[inputs.image.change],

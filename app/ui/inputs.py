@@ -48,6 +48,19 @@ def _param_box(slot: ParamSlot, shown: bool) -> gr.Number | gr.Checkbox:
     )
 
 
+def _method_label(method: str, info: dict[str, Any]) -> str:
+    """A method's checkbox label: its name, marked when it prunes inside the LLM."""
+    return f"{method} (in-LLM)" if info["method_info"][method].get("note") else method
+
+
+def _in_llm_line(info: dict[str, Any]) -> str | None:
+    """The line under the method list naming the in-LLM methods and what that means, or None."""
+    notes = {m: d["note"] for m, d in info["method_info"].items() if d.get("note") and m in info["methods"]}
+    if not notes:
+        return None
+    return f"In-LLM ({', '.join(notes)}): each {next(iter(notes.values()))}."
+
+
 def build_inputs(h: Handlers, room: int | None, examples: list[list[Any]]) -> Inputs:
     """The left column, inside the caller's column; ``room`` is the prompt's limit in tokens, if known."""
     info = h.info
@@ -80,7 +93,13 @@ def build_inputs(h: Handlers, room: int | None, examples: list[list[Any]]) -> In
     )
     budget_preset = gr.Radio([str(p) for p in info["presets"]], value=str(default_budget), label="Paper presets")
     retention = gr.Markdown(f"Retention: {default_budget / info['n_tokens']:.1%}")
-    methods = gr.CheckboxGroup(info["methods"], value=info["default_methods"], label="Methods", elem_id="methods")
+    methods = gr.CheckboxGroup(
+        [(_method_label(m, info), m) for m in info["methods"]],
+        value=info["default_methods"],
+        label="Methods",
+        info=_in_llm_line(info),
+        elem_id="methods",
+    )
     colour_by = gr.Radio(["none", "order", "attention"], value="none", label="Colour kept patches by")
     with gr.Accordion("Method parameters", open=False):
         params = tuple(_param_box(slot, slot.method in info["default_methods"]) for slot in h.slots)

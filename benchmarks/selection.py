@@ -228,8 +228,8 @@ def run_in_llm(cases: Sequence[str], device: str, repeats: int, plain_repeats: i
     print("\nIn-LLM rules on layer-K states (the rule only; the prefill that fills the state is not timed):\n")
     print("| N | K | method | pruning ms | plain ms | plain / pruning | same tokens |")
     print("|---:|---:|---|---:|---:|---:|:---:|")
-    for name in cases:
-        case = CASES[name]
+    for n in dict.fromkeys(CASES[name].n for name in cases):  # one sequence of N: grids do not matter
+        case = next(CASES[name] for name in cases if CASES[name].n == n)
         k = case.n // 9
         states = [layer_inputs(case, s, device) for s in range(n_images)]
         cpu_states = [layer_inputs(case, s, "cpu") for s in range(n_images)]

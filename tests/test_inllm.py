@@ -343,3 +343,14 @@ def test_several_grids_keep_every_newline_and_prune_over_the_whole_image():
     length = row.row.embeds.shape[0]
     assert pruned.selection.info["cache_lengths"] == [length, length - n + 6]
     assert pruned.n_visual_tokens == 6
+
+
+@pytest.mark.parametrize("method", ["fastv", "dart-llm"])
+@pytest.mark.parametrize(("grid", "k"), [((6, 6), 4), ((6, 6), 13), ((7, 5), 30), ((24, 24), 64)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_in_llm_rules_equal_their_plain_transcriptions_on_benchmark_states(method, grid, k, seed):
+    """The states ``benchmarks.selection`` times: the registered rule keeps what the plain one does."""
+    from benchmarks.selection import Case, layer_inputs, plain_layer
+
+    state = layer_inputs(Case((grid,), 16, 48, 8), seed, "cpu")
+    assert pruning.select(method, state, k).keep.tolist() == plain_layer(state, method, k)

@@ -109,11 +109,13 @@ def _full_column() -> Column:
 
 
 def _method_column(method: str, shown: bool, described: dict[str, Any]) -> Column:
-    """A method's column; an in-LLM method's (its registry entry has a ``note``) says so under its name."""
+    """A method's column; an in-LLM method's (its registry entry has a ``note``, which the method
+    list shows) says so in its overlay's label, so the overlay stays level with the others."""
     pending = f"*{described['pending'][0].upper()}{described['pending'][1:]}.*" if described.get("pending") else None
     with gr.Column(min_width=220, visible=shown, elem_id=f"col-{method}") as column:
-        gr.Markdown(f"### {method}" + (f"\n*In-LLM: {described['note']}.*" if described.get("note") else ""))
-        overlay = gr.Image(label=f"{method} overlay", interactive=False, height=260, elem_id=f"overlay-{method}")
+        gr.Markdown(f"### {method}")
+        label = f"{method} overlay" + (" · in-LLM, per question" if described.get("note") else "")
+        overlay = gr.Image(label=label, interactive=False, height=260, elem_id=f"overlay-{method}")
         stats = gr.Markdown(pending or "", elem_id=f"stats-{method}")
         speed = gr.Markdown(elem_id=f"speed-{method}")
         answer = gr.HighlightedText(label="answer", color_map=HIGHLIGHT_COLOURS, elem_id=f"answer-{method}")

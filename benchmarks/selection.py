@@ -168,11 +168,21 @@ def picks(sel: pruning.Selection) -> list[int]:
     return sel.keep.tolist() if sel.tokens is not None else sel.order.tolist()
 
 
+TABLE_HEAD = (
+    "| N | K | method | pruning ms | plain ms | plain / pruning | same tokens |\n|---:|---:|---|---:|---:|---:|:---:|"
+)
+
+
+def print_row(label: str, k: int, method: str, ours: float, plain: float, same: bool) -> None:
+    """One row of the table: both medians, their ratio and whether the picks agree."""
+    agree = "yes" if same else "NO"
+    print(f"| {label} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | {agree} |", flush=True)
+
+
 def run(cases: Sequence[str], device: str, repeats: int, plain_repeats: int, n_images: int) -> bool:
     all_same = True
     print(f"\n## {device.upper()}  ({torch.get_num_threads()} threads, torch {torch.__version__})\n")
-    print("| N | K | method | pruning ms | plain ms | plain / pruning | same tokens |")
-    print("|---:|---:|---|---:|---:|---:|:---:|")
+    print(TABLE_HEAD)
     for name in cases:
         case = CASES[name]
         k = case.n // 9
@@ -185,11 +195,7 @@ def run(cases: Sequence[str], device: str, repeats: int, plain_repeats: int, n_i
             all_same &= same
             ours = median_ms(lambda im, m=method, k=k: select_image(im, m, k), images, repeats, device)
             plain = median_ms(lambda im, m=method, k=k: plain_image(im, m, k), cpu_images, plain_repeats, "cpu")
-            print(
-                f"| {case.label} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
-                f"{'yes' if same else 'NO'} |",
-                flush=True,
-            )
+            print_row(case.label, k, method, ours, plain, same)
     return all_same
 
 
@@ -226,8 +232,7 @@ def run_in_llm(cases: Sequence[str], device: str, repeats: int, plain_repeats: i
     the prefill around it."""
     all_same = True
     print("\nIn-LLM rules on layer-K states (the rule only; the prefill that fills the state is not timed):\n")
-    print("| N | K | method | pruning ms | plain ms | plain / pruning | same tokens |")
-    print("|---:|---:|---|---:|---:|---:|:---:|")
+    print(TABLE_HEAD)
     for n in dict.fromkeys(CASES[name].n for name in cases):  # one sequence of N: grids do not matter
         case = next(CASES[name] for name in cases if CASES[name].n == n)
         k = case.n // 9
@@ -241,11 +246,7 @@ def run_in_llm(cases: Sequence[str], device: str, repeats: int, plain_repeats: i
             all_same &= same
             ours = median_ms(lambda st, m=method, k=k: pruning.select(m, st, k), states, repeats, device)
             plain = median_ms(lambda st, m=method, k=k: plain_layer(st, m, k), cpu_states, plain_repeats, "cpu")
-            print(
-                f"| {case.n} | {k} | {method} | {ours:.2f} | {plain:.2f} | {plain / ours:.1f}x | "
-                f"{'yes' if same else 'NO'} |",
-                flush=True,
-            )
+            print_row(str(case.n), k, method, ours, plain, same)
     return all_same
 
 

@@ -35,6 +35,7 @@ from scoring import COCO_VOCABULARY, find_mentions, normalize_words, same_answer
 
 from ..runtime import GenerationOptions
 from ..runtime.images import load_image
+from ..selection_numbers import selection_numbers
 from .config import AnalysisConfig
 from .results import CSV_COLUMNS, read_rows, shard_paths
 from .scoring import score_answer
@@ -69,18 +70,13 @@ def _complete_items(rows: list[dict[str, Any]]) -> set[str]:
     return {i for i, n in counts.items() if n == expected[i]}
 
 
+KEPT_NUMBERS = ("n_visual_tokens", "kept_erank", "retained_attention", "select_ms")
+"""What a row says of the tokens its method kept (``app.selection_numbers``, as the page shows them)."""
+
+
 def _kept_numbers(runner: Any, encoding: Any, sel: pruning.Selection) -> dict[str, Any]:
-    """What a selection kept: its token count, the erank of the kept visual tokens as the LLM's first
-    layer receives them, the [CLS] attention they retain, and the time the method took."""
-    tokens = runner.visual_tokens(encoding, sel)[encoding.prefix.shape[0] :]
-    return {
-        "n_visual_tokens": sel.n_output_tokens,
-        "kept_erank": pruning.effective_rank(tokens) if tokens.shape[0] > 1 else 1.0,
-        "retained_attention": pruning.retained_attention(encoding.inputs.cls_attn, sel.keep)
-        if sel.keep.numel()
-        else 0.0,
-        "select_ms": sel.info.get("select_ms"),
-    }
+    numbers = selection_numbers(runner, encoding, sel)
+    return {name: numbers[name] for name in KEPT_NUMBERS}
 
 
 def _variants(encoding: Any, runner: Any, config: AnalysisConfig) -> list[tuple[dict[str, Any], Any]]:

@@ -337,7 +337,7 @@ def test_progress_reports_every_rows_answer_as_it_grows(runner, encoding):
         assert all(later.startswith(earlier) for earlier, later in zip(seen[i], seen[i][1:]))
 
 
-def test_a_method_needing_inputs_no_adapter_builds_is_refused_in_words(runner, encoding):
-    with pytest.raises(ValueError, match=r"'cdpruner' needs a text embedding|'cdpruner' needs patch embeddings") as err:
-        runner.select(encoding, "cdpruner", 4)
-    assert "does not compute yet" in str(err.value) and "attention signal" not in str(err.value)
+def test_a_method_needing_a_text_tower_is_refused_in_words_without_one(runner, encoding):
+    with pytest.raises(ValueError, match=r"'cdpruner' needs the question's embedding") as err:
+        runner.select(encoding, "cdpruner", 4, prompt=PROMPT)
+    assert "loaded without a text tower" in str(err.value) and "attention signal" not in str(err.value)

@@ -20,6 +20,7 @@ from .adapters import check_config, load_pretrained, supported_models
 from .calibration import Calibration, read_calibration
 from .records import ModelNotAvailableError
 from .runner import DEFAULT_CACHE_SIZE, Runner
+from .texttower import load_text_tower
 
 __all__ = ["load_runner", "resolve_device_dtype"]
 
@@ -134,6 +135,7 @@ def load_runner(
     cache_dir: str | os.PathLike | None = None,
     calibration: str | os.PathLike | Calibration | None = None,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    text_tower: str | os.PathLike | None = None,
 ) -> Runner:
     """Load a supported model from a hub id or a local folder and wrap it in a ``Runner``.
 
@@ -147,6 +149,9 @@ def load_runner(
             ``prunelens_calibration.json`` beside a local folder's weights, or a hub id's file in
             the user's calibration store, else the paper's values (flagged).
         cache_size: how many encodings the runner keeps.
+        text_tower: the CLIP checkpoint (hub id or folder) the model's vision tower came from, for
+            CDPruner's question relevance (``texttower``); found like the model, refused unless its
+            vision weights are the tower's.
     Returns:
         a runner named after the model as people know it: a local folder by its folder name
         (``prunelens-tiny-llava``, never the server's path), a hub id as given.
@@ -160,6 +165,8 @@ def load_runner(
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a hub id or a folder path, got {model!r}")
     device, dtype = resolve_device_dtype(device, dtype)
+    if text_tower is not None and (not isinstance(text_tower, (str, os.PathLike)) or not str(text_tower).strip()):
+        raise ValueError(f"text_tower must be a hub id or a folder path, got {text_tower!r}")
     if calibration is not None and not isinstance(calibration, (Calibration, str, os.PathLike)):
         raise ValueError(f"calibration must be a Calibration or a JSON path, got {type(calibration).__name__}")
     folder = _locate(model, cache_dir)
@@ -177,7 +184,7 @@ def load_runner(
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = read_calibration(calibration)
     hub_id = None if Path(model).exists() else model
-    return Runner.from_model(
+    runner = Runner.from_model(
         net,
         processor,
         name=model_name(model),
@@ -186,3 +193,9 @@ def load_runner(
         cache_size=cache_size,
         hub_id=hub_id,
     )
+    if text_tower is not None:
+        tower = getattr(runner.adapter, "vision_tower", None)
+        where = _locate(str(text_tower), cache_dir)
+        family = runner.adapter.family
+        runner.text_tower = load_text_tower(text_tower, where, tower, model=runner.name, family=family, device=device)
+    return runner

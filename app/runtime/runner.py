@@ -28,6 +28,7 @@ import pruning
 
 from .adapters import Adapter, adapter_for
 from .calibration import Calibration, find_calibration
+from .checks import QuestionPlan, check_method, question_parts, question_plan, reads_question, with_patch_embeds
 from .generation import (
     MAX_PADDING_SHARE,
     Row,
@@ -41,21 +42,13 @@ from .generation import (
 )
 from .grids import grid_parts, select_grids, visual_sequence
 from .images import image_digest, load_image
-from .inllm import InLLMPlan, PlanRow, check_decoder, plan_request, plan_row, run_plan
+from .inllm import InLLMPlan, PlanRow, plan_request, plan_row, run_plan
 from .records import Encoding, Generation, GenerationOptions, GridPart, as_options
+from .texttower import TextTower
 
 __all__ = ["DEFAULT_CACHE_SIZE", "Runner"]
 
 DEFAULT_CACHE_SIZE = 32  # encodings kept per runner
-NEEDED_INPUTS = {
-    "keys": "the feature layer's keys (inputs.keys)",
-    "cls_feat": "a [CLS] token's feature (inputs.cls_feat)",
-}
-NOT_BUILT = {  # inputs no adapter builds yet: the refusal names what is missing, not the model
-    "patch_embeds": "patch embeddings in CLIP's joint image-text space (inputs.patch_embeds)",
-    "text_embeds": "a text embedding of the question (inputs.text_embeds)",
-}
-
 logger = logging.getLogger(__name__)
 
 
@@ -79,6 +72,7 @@ class Runner:
         calibration: Calibration,
         model_dir: str | os.PathLike | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        text_tower: TextTower | None = None,
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size must be a non-negative int, got {cache_size!r}")
@@ -86,6 +80,7 @@ class Runner:
         self.calibration = calibration
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.cache_size = cache_size
+        self.text_tower = text_tower  # CLIP's text half (CDPruner), or None
         self._cache: OrderedDict[str, Encoding] = OrderedDict()
         self._lock = threading.Lock()
         self.padding_share = MAX_PADDING_SHARE if adapter.device.type == "cpu" else 1.0
@@ -101,12 +96,14 @@ class Runner:
         calibration: Calibration | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         hub_id: str | None = None,
+        text_tower: TextTower | None = None,
     ) -> Runner:
         """A runner for a model already in memory (put it on its device and in eval mode first).
 
         The calibration is ``calibration`` if given, else ``model_dir/prunelens_calibration.json``
         when present, else the user's stored calibration of ``hub_id``, else the paper's values
-        flagged as in ``paper_calibration``.
+        flagged as in ``paper_calibration``. ``text_tower`` (``texttower.load_text_tower``) lets
+        CDPruner run: it adds the joint-space patch embeddings to every encoding.
         """
         adapter = adapter_for(model, processor, name=name)
         model.eval()
@@ -114,7 +111,7 @@ class Runner:
             calibration = find_calibration(model_dir, adapter, hub_id)
         if calibration.source == "default-llava-1.5":
             logger.warning("uncalibrated model: %s", calibration.note)
-        return cls(adapter, calibration=calibration, model_dir=model_dir, cache_size=cache_size)
+        return cls(adapter, calibration=calibration, model_dir=model_dir, cache_size=cache_size, text_tower=text_tower)
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -144,11 +141,13 @@ class Runner:
             "calibration_source": cal.source,
             "model_dir": str(self.model_dir) if self.model_dir is not None else None,
             "cache_size": self.cache_size,
+            "text_tower": None if self.text_tower is None else self.text_tower.name,
         }
 
     def _settings_key(self) -> str:
         info = self.adapter.describe()
-        return f"{self.name}|{self.device}|{self.dtype}|{info['feature_layer']}|{info['select_strategy']}"
+        text = "" if self.text_tower is None else f"|text:{self.text_tower.name}"
+        return f"{self.name}|{self.device}|{self.dtype}|{info['feature_layer']}|{info['select_strategy']}{text}"
 
     # -- encode ----------------------------------------------------------------------------------
 
@@ -192,6 +191,8 @@ class Runner:
                 inputs, parts = grid_parts(readout)
                 image_erank = sum(part.image_erank for part in parts) / len(parts)
                 prefix = torch.cat([grid.prefix for grid in readout.grids], dim=0)
+            if self.text_tower is not None:
+                inputs, parts = with_patch_embeds(self.text_tower, inputs, parts)
             entropy = pruning.attention_entropy(inputs.cls_attn)
             sync(self.device)
             encode_ms = (time.perf_counter() - start) * 1e3
@@ -223,7 +224,9 @@ class Runner:
 
     # -- select ----------------------------------------------------------------------------------
 
-    def select(self, encoding: Encoding, method: str, budget: int, **params: Any) -> pruning.Selection:
+    def select(
+        self, encoding: Encoding, method: str, budget: int, *, prompt: str | None = None, **params: Any
+    ) -> pruning.Selection:
         """``pruning.select`` on this encoding, with the model's calibration filled in and timed.
 
         Calibration parameters (``erank_avg``, ``erank_lo``, ``erank_hi``) are passed to the methods
@@ -232,6 +235,8 @@ class Runner:
         with its share of the budget (``grids.select_grids``). A method that needs an input this
         model leaves empty (a [CLS] feature on a tower without [CLS]) is refused, naming both. An
         in-LLM method has nothing to select before the prompt runs: it is refused, pointing to ``plan``.
+        A method that reads the question (CDPruner) takes ``prompt``; its ``info`` also holds
+        ``text_ms``, the text tower's time (0 for a question it has encoded before; not in ``select_ms``).
         """
         self._check_encoding(encoding)
         if pruning.get_method(method).stage == "in-llm":
@@ -243,63 +248,48 @@ class Runner:
         self.check_method(method, encoding)
         taken = pruning.method_params(method)
         calibrated = {k: v for k, v in self.calibration.method_params().items() if k in taken and k not in params}
+        parts, text = encoding.parts, {}
+        if reads_question(method):
+            start = time.perf_counter()
+            parts = question_parts(self.text_tower, encoding, prompt)
+            sync(self.device)
+            text = {"text_ms": (time.perf_counter() - start) * 1e3}
         sync(self.device)
         start = time.perf_counter()
         if encoding.layout is None:
-            selection = pruning.select(method, encoding.inputs, budget, **calibrated, **params)
+            selection = pruning.select(method, parts[0].inputs, budget, **calibrated, **params)
         else:
-            selection = select_grids(encoding.parts, method, budget, **calibrated, **params)
+            selection = select_grids(parts, method, budget, **calibrated, **params)
         sync(self.device)
         select_ms = (time.perf_counter() - start) * 1e3
-        info = {**selection.info, "select_ms": select_ms}
+        info = {**selection.info, "select_ms": select_ms, **text}
         if calibrated:
             info["calibration_source"] = self.calibration.source
         return dataclasses.replace(selection, info=info)
 
-    def plan(self, encoding: Encoding, method: str, budget: int, **params: Any) -> InLLMPlan:
-        """A checked request for the in-LLM ``method`` (FastV, DART at layer K) on this encoding.
+    def plan(self, encoding: Encoding, method: str, budget: int, **params: Any) -> InLLMPlan | QuestionPlan:
+        """A checked request for a ``method`` that chooses from the question, on this encoding: an
+        in-LLM one (FastV, DART at layer K) or one that reads the question's text embedding (CDPruner).
 
-        The budget (visual tokens kept from decoder layer ``layer`` on) and parameters are checked
-        by the registry, the layer against this model's decoder layers; ``generate`` and
-        ``generate_many`` run it and return the tokens it kept as ``Generation.selection``.
+        The budget (visual tokens kept from decoder layer ``layer`` on; 0 for CDPruner) and the
+        parameters are checked by the registry, an in-LLM layer against this model's decoder layers;
+        ``generate`` and ``generate_many`` run it and return the tokens it kept as ``Generation.selection``.
         """
         self._check_encoding(encoding)
         spec = pruning.get_method(method)
-        if spec.stage != "in-llm":
+        if spec.stage != "in-llm" and not reads_question(method):
             raise ValueError(f"method {method!r} selects before the language model: use Runner.select")
         self.check_method(method, encoding)
+        if reads_question(method):
+            return question_plan(spec, self.name, encoding, budget, params)
         n_layers = self.adapter.model.get_decoder().config.num_hidden_layers
         return plan_request(spec, n_layers, self.name, encoding, budget, params)
 
     def check_method(self, method: str, encoding: Encoding) -> None:
         """Refuse a method that ``needs`` an input this model leaves empty (in any grid), or an in-LLM
-        method on a model whose decoder or positions the in-LLM loop does not drive, naming both."""
-        spec = pruning.get_method(method)
-        if spec.stage == "in-llm":
-            if encoding.rope is not None:
-                raise ValueError(
-                    f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it prunes inside the "
-                    "language model, whose loop drives 1-D positions, and this model places tokens with M-RoPE"
-                )
-            check_decoder(self.adapter.model, self.name, self.adapter.family, method)
-            return
-        if spec.merges and encoding.rope is not None:
-            raise ValueError(
-                f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it merges tokens, and a "
-                "merged token has no single M-RoPE position to keep"
-            )
-        for needed in spec.needs:
-            if needed in NOT_BUILT:
-                raise ValueError(
-                    f"method {method!r} needs {NOT_BUILT[needed]}, which PruneLens's runtime does not compute yet "
-                    "for any model; the method runs through the pruning library with inputs you build"
-                )
-            if any(getattr(part.inputs, needed, None) is None for part in encoding.parts):
-                raise ValueError(
-                    f"method {method!r} cannot run on {self.name!r} ({self.adapter.family}): it needs "
-                    f"{NEEDED_INPUTS.get(needed, 'inputs.' + needed)}, which this model does not give; "
-                    f"its attention signal is {self.adapter.attention_signal}"
-                )
+        method on a model whose decoder or positions the in-LLM loop does not drive, naming both
+        (``checks.check_method``)."""
+        check_method(self, method, encoding)
 
     # -- generate --------------------------------------------------------------------------------
 
@@ -360,7 +350,7 @@ class Runner:
         self,
         encoding: Encoding,
         prompt: str,
-        selection: pruning.Selection | InLLMPlan | None = None,
+        selection: pruning.Selection | InLLMPlan | QuestionPlan | None = None,
         options: GenerationOptions | None = None,
         *,
         cancel: threading.Event | None = None,
@@ -368,7 +358,8 @@ class Runner:
         """Answer ``prompt`` about the encoded image from only ``selection``'s visual tokens.
 
         ``selection=None`` feeds all N tokens (the unpruned model); an ``InLLMPlan`` (``plan``)
-        prunes inside the language model and the answer's ``selection`` says what it kept.
+        prunes inside the language model and a ``QuestionPlan`` selects with ``prompt`` first; the
+        answer's ``selection`` then says what either kept.
         ``options`` (default: greedy, ``DEFAULT_MAX_NEW_TOKENS``) sets the decoding. Setting
         ``cancel`` stops decoding after the current token (``finish_reason == "cancelled"``).
         """
@@ -378,7 +369,7 @@ class Runner:
         self,
         encoding: Encoding,
         prompt: str,
-        selections: Sequence[pruning.Selection | InLLMPlan | None],
+        selections: Sequence[pruning.Selection | InLLMPlan | QuestionPlan | None],
         options: GenerationOptions | None = None,
         *,
         cancel: threading.Event | None = None,
@@ -398,6 +389,9 @@ class Runner:
         options = as_options(options)
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise ValueError(f"cancel must be a threading.Event or None, got {type(cancel).__name__}")
+        asked = {i: sel for i, sel in enumerate(selections) if isinstance(sel, QuestionPlan)}
+        made = {i: self.select(encoding, p.method, p.budget, prompt=prompt, **p.params) for i, p in asked.items()}
+        selections = [made.get(i, sel) for i, sel in enumerate(selections)]
         rows = [self._prepare_row(encoding, prompt, selection, options) for selection in selections]
         batched = [i for i, row in enumerate(rows) if isinstance(row, Row)]
         lengths = [rows[i].embeds.shape[0] for i in batched]
@@ -422,7 +416,7 @@ class Runner:
                     self.adapter, encoding, [rows[i] for i in group], options, streamer=streamer, cancel=cancel
                 )
             for i, gen in zip(group, gens):
-                out[i] = gen
+                out[i] = dataclasses.replace(gen, selection=made[i]) if i in made else gen
         return out
 
     # -- generation internals --------------------------------------------------------------------

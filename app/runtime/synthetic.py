@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForImageTextToText,
+    CLIPConfig,
     CLIPImageProcessorPil,
+    CLIPModel,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -205,6 +207,35 @@ def build_model(
     return random_llava(
         tokenizer, vision, text, seed=seed, select_strategy=select_strategy, attn_implementation=attn_implementation
     )
+
+
+CLIP_SPECIALS = ["!", "<unk>", "<|startoftext|>", "<|endoftext|>"]  # CLIP pads with id 0 ("!")
+
+
+def build_clip(llava: LlavaForConditionalGeneration, *, seed: int = 1, positions: int = 8) -> tuple[Any, Any]:
+    """A tiny random CLIP (model, tokenizer) whose vision half is ``llava``'s tower, weight for weight.
+
+    The text half is random, with ``positions`` text positions (CLIP has 77), so the tests' longer
+    questions span several segments. The tokenizer is word-level over ``WORDS`` and wraps a text in
+    ``<|startoftext|>`` and ``<|endoftext|>`` as CLIP's does; the text model pools at the latter.
+    """
+    tokens = CLIP_SPECIALS + WORDS
+    core = Tokenizer(models.WordLevel(vocab={tok: i for i, tok in enumerate(tokens)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tokens.index(bos)), (eos, tokens.index(eos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, unk_token="<unk>")
+    vision = llava.config.vision_config.to_dict() | {"projection_dim": 16}
+    text = {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "vocab_size": len(tokens), "max_position_embeddings": positions, "bos_token_id": tokens.index(bos),
+            "eos_token_id": tokens.index(eos), "pad_token_id": 0, "projection_dim": 16}  # fmt: skip
+    torch.manual_seed(seed)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    clip = CLIPModel(config).eval()
+    clip.vision_model.load_state_dict(llava.model.vision_tower.state_dict())
+    return clip, tokenizer
 
 
 # LLaVA-1.5-7B's shapes (llava-hf/llava-1.5-7b-hf config): CLIP ViT-L/14 at 336 px, a 7B Llama.

@@ -4,8 +4,10 @@ methods, budget, prompt and ground truth.
 
 The app names no pruning method outside ``DEFAULT_METHODS`` and ``DEFAULT_REPLAY``: what a method
 takes and what the page may do with it (replay its walk, draw its τ schedule) comes from its
-registry entry (``describe_method``). The in-LLM methods (FastV, DART at layer K) are offered
-beside the others; what the page says of them is ``IN_LLM_NOTE`` and, before an answer, ``IN_LLM_PENDING``.
+registry entry (``describe_method``). The methods that choose from the question are offered beside
+the others: the in-LLM ones (FastV, DART at layer K; the page says ``IN_LLM_NOTE`` of them and,
+before an answer, ``IN_LLM_PENDING``) and CDPruner, which selects before the LLM by the question's
+CLIP text embedding (``QUESTION_NOTE``, ``QUESTION_PENDING``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = [
     "DEFAULT_REPLAY",
     "IN_LLM_NOTE",
     "IN_LLM_PENDING",
+    "QUESTION_NOTE",
+    "QUESTION_PENDING",
     "Example",
     "budget_presets",
     "check_budget",
@@ -44,6 +48,8 @@ PAPER_BUDGETS = (192, 128, 64, 32)  # methods.md: the paper's budgets for 576 to
 SWEEP_MIN_BUDGET = 8  # a budget sweep starts here
 IN_LLM_NOTE = "prunes inside the LLM at layer K; its kept tokens depend on the question"
 IN_LLM_PENDING = "chosen inside the LLM from the question: ask to see which tokens it kept"
+QUESTION_NOTE = "selects before the LLM by the question's CLIP text embedding; its kept tokens depend on the question"
+QUESTION_PENDING = "chosen from the question before the LLM: ask to see which tokens it kept"
 
 
 @dataclass(frozen=True)
@@ -112,20 +118,21 @@ def describe_method(method: str) -> dict[str, Any]:
     """A registry entry as plain values: its summary, its ``stage``, the inputs it needs, its
     capabilities (``replayable``, ``merges``, ``tau_schedule``) and each parameter's ``ranges``.
 
-    An in-LLM method also gets ``note`` (``IN_LLM_NOTE``) and ``pending`` (what its column says
-    before an answer, ``IN_LLM_PENDING``); both are None for the others. It is never
-    ``replayable`` here: the registry's flag speaks of its pick order inside the LLM, and the
-    page's step-through replays selections made before the LLM.
+    A method that chooses from the question also gets ``note`` (``IN_LLM_NOTE``, or
+    ``QUESTION_NOTE`` for one that reads the question's text embedding before the LLM) and
+    ``pending`` (what its column says before an answer); both are None for the others. It is
+    never ``replayable`` here: the page's step-through replays selections made before any question.
     """
     spec = pruning.get_method(method)
     in_llm = spec.stage == "in-llm"
+    reads = not in_llm and "text_embeds" in spec.needs
     return {
         "summary": spec.summary,
         "stage": spec.stage,
-        "note": IN_LLM_NOTE if in_llm else None,
-        "pending": IN_LLM_PENDING if in_llm else None,
+        "note": IN_LLM_NOTE if in_llm else QUESTION_NOTE if reads else None,
+        "pending": IN_LLM_PENDING if in_llm else QUESTION_PENDING if reads else None,
         "needs": list(spec.needs),
-        "replayable": spec.replayable and not in_llm,
+        "replayable": spec.replayable and not (in_llm or reads),
         "merges": spec.merges,
         "tau_schedule": spec.tau_schedule,
         "ranges": {name: dataclasses.asdict(r) for name, r in spec.ranges.items()},

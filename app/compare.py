@@ -2,10 +2,11 @@
 
 ``ComparePipeline`` wraps a ``Runner``. The UI calls it in two speeds: ``load`` and ``view``
 (encode once, then select and draw: milliseconds, re-run on every slider move) and ``answer``
-(generation, seconds). The in-LLM methods (FastV, DART at layer K) select while answering: their
-columns draw what they kept in the session's latest answer, or say why there is nothing yet
-(``app.inllm_views``). Heavy data stays here, per session, in an ``app.sessions.SessionStore``
-keyed by the image's content digest; the UI keeps only that key. Public methods take and return
+(generation, seconds). The methods that choose from the question (FastV and DART at layer K
+inside the LLM, CDPruner before it) select while answering: their columns draw what they kept in
+the session's latest answer, or say why there is nothing yet (``app.inllm_views``). Heavy data
+stays here, per session, in an ``app.sessions.SessionStore`` keyed by the image's content digest;
+the UI keeps only that key. Public methods take and return
 plain values; ``session`` names whose images they use (library callers may leave the default).
 """
 
@@ -38,7 +39,7 @@ from .choices import (
     typed_truth,
 )
 from .gridview import draw_overlays, encoding_view
-from .inllm_views import Answered, held, hold, is_in_llm, pending_view, plan_methods
+from .inllm_views import Answered, held, hold, pending_view, per_question, plan_methods
 from .replay import replay_frame
 from .runtime.images import image_digest, load_image
 from .selection_numbers import plain, selection_numbers
@@ -273,7 +274,7 @@ class ComparePipeline:
         self, entry: _Entry, methods: Sequence[str], budget: int, params: Mapping[str, Mapping[str, Any]] | None
     ) -> tuple[dict[str, pruning.Selection], dict[str, Any], dict[str, str]]:
         """The pre-LLM methods' selections, the in-LLM ones' plans, and the in-LLM refusals in one line each."""
-        in_llm = [m for m in methods if is_in_llm(m)]
+        in_llm = [m for m in methods if per_question(m)]
         selections = self._select(entry, [m for m in methods if m not in in_llm], budget, params)
         return selections, *plan_methods(self.runner, entry.encoding, in_llm, budget, params)
 
@@ -340,7 +341,7 @@ class ComparePipeline:
         selection to sweep before an answer.
         """
         entry = self._entry(key, session)
-        methods = [m for m in check_methods(methods) if not is_in_llm(m)]
+        methods = [m for m in check_methods(methods) if not per_question(m)]
         budgets = sweep_budgets(entry.encoding.n_tokens, points)
         out = {}
         for method in methods:
@@ -374,8 +375,9 @@ class ComparePipeline:
         An in-LLM method is refused: it selects inside the LLM, so it has no walk before it.
         """
         entry, _, budget = self._request(key, [method], budget, session)
-        if is_in_llm(method):
-            raise ValueError(f"{method} prunes inside the LLM, from the question: it has no pre-LLM walk to replay")
+        if per_question(method):
+            where = "prunes inside the LLM" if pruning.get_method(method).stage == "in-llm" else "selects"
+            raise ValueError(f"{method} {where}, from the question: it has no pre-LLM walk to replay")
         sel = self._select(entry, [method], budget, params)[method]
         return replay_frame(entry.view, entry.grids or entry.encoding.inputs.grid, sel, step)
 

@@ -231,7 +231,8 @@ class Handlers:
         if v.get("refused"):
             stats = f"**Cannot run here:** {markdown_text(v['refused'])}"
         elif v.get("pending"):
-            stats = f"*{v['pending'][0].upper()}{v['pending'][1:]}* (layer {v['layer']})."
+            where = f" (layer {v['layer']})" if v["layer"] else ""
+            stats = f"*{v['pending'][0].upper()}{v['pending'][1:]}*{where}."
         else:
             stats = (
                 f"**{v['n_visual_tokens']}** tokens ({v['retention']:.0%}) · retained attention "
@@ -239,7 +240,8 @@ class Handlers:
                 f"select {_format_ms(v['select_ms'])}"
             )
             if "layer" in v:
-                stats += f" · kept at LLM layer **{v['layer']}** for this question"
+                where = f"at LLM layer **{v['layer']}**" if v["layer"] else "before the LLM"
+                stats += f" · kept {where} for this question"
         return {"method": method, "overlay": v["overlay"], "stats": stats, "numbers": numbers}
 
     def _tau_figure(self, views: Mapping[str, Mapping[str, Any]], params: Mapping[str, Mapping[str, Any]]):
@@ -282,7 +284,7 @@ class Handlers:
         """
         if not key:
             raise ValueError("load an image first")
-        if self.info["method_info"].get(method, {}).get("stage") == "in-llm":
+        if self.info["method_info"].get(method, {}).get("pending"):  # chooses from the question
             return None, f"*{method} is not replayed: it {self.info['method_info'][method]['note']}.*"
         budget = self.budget(budget)
         try:
@@ -367,7 +369,7 @@ class Handlers:
         finally:
             current = store.finish_answer(session, settings, cancel)
         cards = {name: self._answer_card(row, versus_full=name != "full") for name, row in out.items()}
-        in_llm = [m for m in methods if self.info["method_info"][m].get("stage") == "in-llm"]
+        in_llm = [m for m in methods if self.info["method_info"][m].get("pending")]  # chosen from the question
         if current and in_llm:  # what they kept is known now: drawn as the view draws it
             views = self.pipeline.view(key, in_llm, budget, params, colour_by=mode, session=session)
             drawn = {m: self._view_card(m, views[m]) for m in in_llm}
@@ -424,7 +426,7 @@ class Handlers:
         overlap = f"{row['overlap_with_full']:.0%} word overlap with full"
         same = "same answer as full" if row["same_as_full"] else overlap
         speed = f"prefill {_format_ms(row['prefill_ms'])}{speedup}" + (f" · {same}" if versus_full else "")
-        speed += f" · pruned inside the LLM at layer {row['layer']}" if "layer" in row else ""
+        speed += f" · pruned inside the LLM at layer {row['layer']}" if row.get("layer") else ""
         return {"segments": row["segments"], "speed": speed, "missed": "; ".join(notes), "text": row["text"]}
 
     # -- export ----------------------------------------------------------------------------------------

@@ -96,8 +96,15 @@ def _is_embedded(model: str) -> bool:
 
 
 @functools.lru_cache(maxsize=2)
-def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_tokens: int = 48, dtype: str = "auto"):
-    """Load ``model`` once (on ``device``, in ``dtype``: see ``runtime.load_runner``) and build the page for it."""
+def create_demo(
+    model: str = str(EMBEDDED_MODEL),
+    device: str = "auto",
+    max_new_tokens: int = 48,
+    dtype: str = "auto",
+    text_tower: str | None = None,
+):
+    """Load ``model`` once (on ``device``, in ``dtype``, with CLIP's ``text_tower`` for CDPruner when
+    given: see ``runtime.load_runner``) and build the page for it."""
     from scenes.tasks import SCENE_VOCABULARY, attribute_errors
     from scoring import COCO_VOCABULARY
 
@@ -110,7 +117,7 @@ def create_demo(model: str = str(EMBEDDED_MODEL), device: str = "auto", max_new_
             f"The embedded model is missing from {EMBEDDED_MODEL}. Reproduce it with `python -m scenes.train` "
             "or pass --model with a LLaVA checkpoint."
         )
-    runner = load_runner(model, device=device, dtype=dtype)
+    runner = load_runner(model, device=device, dtype=dtype, text_tower=text_tower or None)
     embedded = _is_embedded(model)
     pipeline = ComparePipeline(
         runner,
@@ -130,6 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         default=os.environ.get("PRUNELENS_MODEL", str(EMBEDDED_MODEL)),
         help="HuggingFace id or local folder of a LLaVA checkpoint (default: the embedded model)",
+    )
+    parser.add_argument(
+        "--text-tower",
+        default=os.environ.get("PRUNELENS_TEXT_TOWER"),
+        help="HuggingFace id or folder of the CLIP checkpoint the model's vision tower came from, for CDPruner "
+        "(LLaVA-1.5, LLaVA-NeXT: openai/clip-vit-large-patch14-336)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
@@ -182,7 +195,7 @@ def start_demo(args: argparse.Namespace):
     from safetensors import SafetensorError
 
     try:
-        return create_demo(args.model, args.device, args.max_new_tokens, dtype=args.dtype)
+        return create_demo(args.model, args.device, args.max_new_tokens, dtype=args.dtype, text_tower=args.text_tower)
     except (ValueError, OSError) as err:  # ModelNotAvailableError is an OSError; these name the model
         fail(err)
     except (RuntimeError, SafetensorError) as err:  # e.g. a state dict that does not fit the config

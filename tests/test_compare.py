@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import pruning
+from app.choices import IN_LLM_PENDING, QUESTION_PENDING
 from app.compare import ComparePipeline, Example, budget_presets
 from app.runtime import GenerationOptions, Runner
 from app.runtime.synthetic import build_model, build_processor, build_tokenizer
@@ -42,7 +43,8 @@ def test_info_lists_every_method_with_calibrated_defaults(pipeline):
     assert "generator" not in info["params"]["random"]  # no widget holds one
     described = info["method_info"]
     replayable = [m for m in info["methods"] if described[m]["replayable"]]
-    assert replayable == ["attention", "diversity", "adaptive", "cdpruner"]
+    assert replayable == ["attention", "diversity", "adaptive"]  # cdpruner's walk waits for a question
+    assert described["cdpruner"]["pending"] == QUESTION_PENDING and described["fastv"]["pending"] == IN_LLM_PENDING
     assert info["default_replay"] == "adaptive" and described["adaptive"]["tau_schedule"] == "tau_max"
     assert [m for m in info["methods"] if described[m]["merges"]] == ["visionzip", "downsample", "prumerge+"]
     assert described["vispruner"]["ranges"]["r"] == {

@@ -14,13 +14,17 @@ per_complexity = 75
 seed = 100000
 
 A method is any registered one (``pruning.list_methods("all")``) with its parameters, checked by
-the registry here. The in-LLM methods (``fastv``, ``dart-llm``) select inside the language model
-from each question, from decoder layer ``layer`` on; the run checks that layer against the model's
-decoder (and refuses models it cannot run them on) at its first image, before any answer.
+the registry here. Two kinds select from each question rather than once per image: the in-LLM
+methods (``fastv``, ``dart-llm``), inside the language model from decoder layer ``layer`` on, and
+``cdpruner``, before it, from the question's embedding in CLIP's joint image-text space. The run
+checks them against the model at its first image, before any answer: an in-LLM layer against its
+decoder, a model the in-LLM loop cannot drive, ``cdpruner`` without a text tower.
 
 Optional top-level keys: ``max_new_tokens`` (default 48), ``device`` (auto, cpu or cuda; default
-auto) and ``dtype`` (auto, float32, bfloat16 or float16; default auto: bfloat16 on CUDA, float16
-where bf16 is unsupported, float32 on CPU), the latter two passed to ``runtime.load_runner``.
+auto), ``dtype`` (auto, float32, bfloat16 or float16; default auto: bfloat16 on CUDA, float16
+where bf16 is unsupported, float32 on CPU) and ``text_tower`` (the CLIP checkpoint, a folder or a
+hub id, the model's vision tower came from: ``openai/clip-vit-large-patch14-336`` for LLaVA-1.5 and
+LLaVA-NeXT; ``cdpruner`` needs it), the last three passed to ``runtime.load_runner``.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ import torch
 import pruning
 
 from ..preflight import DTYPES
+from ..runtime.checks import reads_question
 
-__all__ = ["SOURCE_KINDS", "TASKS", "AnalysisConfig", "MethodSpec", "load_config"]
+__all__ = ["SOURCE_KINDS", "TASKS", "AnalysisConfig", "MethodSpec", "load_config", "per_question"]
 
 TASKS = ("caption", "exists", "color", "count", "word", "pope")
 SOURCE_KINDS = {
@@ -74,9 +79,16 @@ class AnalysisConfig:
     max_new_tokens: int = 48
     device: str = "auto"
     dtype: str = "auto"
+    text_tower: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def per_question(method: str) -> bool:
+    """Whether registered ``method`` selects from each question, not once per image: inside the LLM
+    (FastV, DART at layer K), or before it from the question's text embedding (CDPruner)."""
+    return pruning.get_method(method).stage == "in-llm" or reads_question(method)
 
 
 def _method(entry: Any, where: str) -> MethodSpec:
@@ -93,7 +105,9 @@ def _method(entry: Any, where: str) -> MethodSpec:
     else:
         raise ValueError(f"{where}: a method is a name or a table with method (and label, params)")
     registered = pruning.get_method(spec.method)  # unknown names raise, listing the known ones
-    if registered.stage == "in-llm":  # selects inside the LLM: its layer is checked against the model at run time
+    # Selects from each question (inside the LLM, or from its text embedding): nothing to probe it on
+    # here, so the registry checks the request; the model checks the rest (a layer, a text tower) at run time.
+    if per_question(spec.method):
         try:
             registered.check_request(2, spec.params)
         except ValueError as err:
@@ -131,7 +145,7 @@ def load_config(path: str | Path, **overrides: Any) -> AnalysisConfig:
 
 def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
     """Validate a config mapping, naming the first offending key."""
-    known = {"model", "output", "source", "methods", "budgets", "tasks", "max_new_tokens", "device", "dtype"}
+    known = {"model", "output", "source", "methods", "budgets", "tasks", "max_new_tokens", "device", "dtype", "text_tower"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -190,6 +204,11 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
     dtype = raw.get("dtype", "auto")
     if dtype not in DTYPES:
         raise ValueError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    text_tower = raw.get("text_tower")
+    if text_tower is not None and (not isinstance(text_tower, str) or not text_tower.strip()):
+        raise ValueError(
+            f"{where}: text_tower must be a CLIP checkpoint folder or hub id (a string), got {text_tower!r}"
+        )
     return AnalysisConfig(
         model=str(raw["model"]),
         output=str(raw["output"]),
@@ -200,4 +219,5 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
         max_new_tokens=max_new,
         device=device,
         dtype=dtype,
+        text_tower=text_tower,
     )

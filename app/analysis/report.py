@@ -4,8 +4,9 @@ Tables follow the paper's (methods.md): kept erank per method (Table 1), CHAIR p
 the effect of the hybrid mix ratio (Table 3, when hybrid variants were run), attention vs diversity
 by image complexity (Table 4), and hybrid vs hybrid-erank vs its inverse (Tables 5–6, when run);
 beside them, every answer's agreement with the full model's, and how often the methods' captions
-of one image differ. In-LLM methods (FastV, DART at layer K) sit in every table beside the others,
-with a note that they keep a set per question.
+of one image differ. The methods that select from each question, inside the LLM (FastV, DART at
+layer K) or before it from the question's CLIP text embedding (CDPruner), sit in every table beside
+the others, with a note that they keep a set per question.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pruning
 from scoring import normalize_words
 from visualizers.palette import method_colour
 
-from .config import AnalysisConfig
+from .config import AnalysisConfig, per_question
 from .results import read_rows
 from .scoring import aggregate
 
@@ -126,19 +127,26 @@ def _disagreement(rows: Sequence[dict[str, Any]], labels: Sequence[str], budgets
     ]
 
 
-def _in_llm_note(config: AnalysisConfig) -> list[str]:
-    """Which variants select inside the language model, from which layer, and what their kept erank means."""
-    in_llm = [m for m in config.methods if pruning.get_method(m.method).stage == "in-llm"]
-    if not in_llm:
+def _per_question_note(config: AnalysisConfig) -> list[str]:
+    """Which variants select from each question, where (inside the LLM from a decoder layer, or before it
+    from the question's CLIP text embedding), and what their kept erank means."""
+    asks = [m for m in config.methods if per_question(m.method)]
+    if not asks:
         return []
-    layers = {m.label: {**pruning.method_params(m.method), **m.params}["layer"] for m in in_llm}
-    where = ", ".join(f"{label} (from decoder layer {layer})" for label, layer in layers.items())
+    lines = [""]
+    in_llm = [m for m in asks if pruning.get_method(m.method).stage == "in-llm"]
+    if in_llm:
+        layers = {m.label: {**pruning.method_params(m.method), **m.params}["layer"] for m in in_llm}
+        lines.append(f"In-LLM methods: {', '.join(f'{lab} (from decoder layer {lay})' for lab, lay in layers.items())}.")
+    before = [m.label for m in asks if m not in in_llm]
+    if before:
+        where = ", ".join(f"{label} (before the LLM, from the question's CLIP text embedding: from decoder layer 0)" for label in before)
+        lines.append(f"Question-reading methods: {where}.")
     return [
-        "",
-        f"In-LLM methods: {where}.",
-        "They choose their tokens inside the language model from each question, so their kept set differs",
-        "per question (their rows say `kept_per` = question): their kept erank is averaged over each",
-        "image's questions first; the other methods keep one set per image.",
+        *lines,
+        "They choose their tokens from each question, so their kept set differs per question (their rows",
+        "say `kept_per` = question): their kept erank is averaged over each image's questions first; the",
+        "other methods keep one set per image.",
     ]
 
 
@@ -186,7 +194,7 @@ def write_reports(output: Path, config: AnalysisConfig) -> str:
                     out.append([lab, "all" if b is None else b, *[_fmt(a[section][f], pct) for f, pct in fields]])
         return out
 
-    md += _in_llm_note(config)
+    md += _per_question_note(config)
     md += [
         "",
         "## Hallucination (Table 2): CHAIR_s / CHAIR_i / recall (%), mean length",

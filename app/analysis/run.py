@@ -7,13 +7,16 @@ after the last complete one. Under ``accelerate launch`` (or any launcher that s
 process to finish merges the shards in image order.
 
 Every question of an image is one ``generate_many`` call over every variant. A pre-LLM method
-selects once per image, so its rows of one image share one kept set; an in-LLM method (FastV, DART
-at layer K: ``stage == "in-llm"``) selects inside the language model from the prompt, so each of
-its rows holds the kept set of that question (its ``kept_erank``, ``retained_attention`` and
-``select_ms``: ``Generation.selection``), and its ``kept_per`` column says ``"question"`` where the
-others say ``"image"``. A method the model refuses (an in-LLM method on an M-RoPE model, a layer
-past its decoder, an input it does not give) stops the run at its first image, before any answer
-is generated, with a ``ValueError`` naming the method and the model.
+selects once per image, so its rows of one image share one kept set. Two kinds of method select
+from each question instead (``per_question``): the in-LLM ones (FastV, DART at layer K:
+``stage == "in-llm"``), inside the language model from the prompt, and the pre-LLM ones that read
+the question's CLIP text embedding (CDPruner: ``runtime.checks.reads_question``), before it. Both
+go to ``generate_many`` as a plan (``Runner.plan``), so each of their rows holds the kept set of
+its question (its ``kept_erank``, ``retained_attention`` and ``select_ms``: ``Generation.selection``),
+and their ``kept_per`` column says ``"question"`` where the others say ``"image"``. A method the
+model refuses (an in-LLM method on an M-RoPE model, a layer past its decoder, an input it does not
+give, CDPruner on a runner loaded without a text tower) stops the run at its first image, before
+any answer is generated, with a ``ValueError`` naming the method and the model.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from scoring import COCO_VOCABULARY, find_mentions, normalize_words, same_answer
 from ..runtime import GenerationOptions
 from ..runtime.images import load_image
 from ..selection_numbers import selection_numbers
-from .config import AnalysisConfig
+from .config import AnalysisConfig, per_question
 from .results import CSV_COLUMNS, read_rows, shard_paths
 from .scoring import score_answer
 from .sources import Item, Problem, coco_items, pope_items, scene_items
@@ -81,11 +84,13 @@ def _kept_numbers(runner: Any, encoding: Any, sel: pruning.Selection) -> dict[st
 
 def _variants(encoding: Any, runner: Any, config: AnalysisConfig) -> list[tuple[dict[str, Any], Any]]:
     """(row numbers, request) per variant, the full model first; a request is what ``generate_many``
-    takes: a ``pruning.Selection``, an in-LLM plan (``Runner.plan``), or None for every token.
+    takes: a ``pruning.Selection``, a plan (``Runner.plan``: ``InLLMPlan`` or ``QuestionPlan``), or
+    None for every token.
 
-    A pre-LLM method selects once per image here; an in-LLM one only checks its request here and
-    selects inside each question's generation, so its numbers are filled in per answer (``_analyse``).
-    A method this model refuses is a ``ValueError`` naming the variant, before any answer is generated.
+    A method that selects once per image does so here; one that selects per question
+    (``per_question``) only checks its request here and selects in each question's generation, so
+    its numbers are filled in per answer (``_analyse``). A method this model refuses (CDPruner
+    without a text tower among them) is a ``ValueError`` naming the variant, before any answer.
     """
     n = encoding.n_tokens
     full = {"n_visual_tokens": n, "kept_erank": encoding.image_erank, "retained_attention": 1.0, "select_ms": 0.0}
@@ -93,17 +98,17 @@ def _variants(encoding: Any, runner: Any, config: AnalysisConfig) -> list[tuple[
         ({"label": "full", "method": "full", "budget": n, "kept_per": "image", **full}, None)
     ]
     for spec in config.methods:
-        in_llm = pruning.get_method(spec.method).stage == "in-llm"
+        asks = per_question(spec.method)
         for budget in config.budgets:
             numbers = {"label": spec.label, "method": spec.method, "budget": budget}
             try:
-                if in_llm:
+                if asks:
                     request = runner.plan(encoding, spec.method, min(budget, n), **spec.params)
                 else:
                     request = runner.select(encoding, spec.method, min(budget, n), **spec.params)
             except ValueError as err:
                 raise ValueError(f"{spec.label} at K={budget}: {err}") from None
-            if in_llm:
+            if asks:
                 numbers["kept_per"] = "question"
             else:
                 numbers |= {"kept_per": "image", **_kept_numbers(runner, encoding, request)}
@@ -129,13 +134,13 @@ def _analyse(item: Item, image: Any, runner: Any, config: AnalysisConfig, vocab:
         gens = runner.generate_many(
             encoding,
             query.prompt,
-            [request for _, request in variants],  # in-LLM plans run one row each, the rest batched
+            [request for _, request in variants],  # in-LLM plans run one row each; the rest, CDPruner's too, batched
             GenerationOptions(max_new_tokens=config.max_new_tokens),
         )
         batch_ms = (time.perf_counter() - start) * 1e3
         full_text = gens[0].text  # variants[0] is the full model
         for (numbers, _), gen in zip(variants, gens):
-            if numbers["kept_per"] == "question":  # what the in-LLM method kept for this prompt
+            if numbers["kept_per"] == "question":  # what the method kept for this prompt
                 numbers = {**numbers, **_kept_numbers(runner, encoding, gen.selection)}
             scores = score_answer(query.task, gen.text, query.gold, item.truth, vocab)
             if query.task == "caption":
@@ -190,8 +195,9 @@ def run_analysis(
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.json"
-    # A run saved before the dtype key existed ran with its default.
-    if saved.exists() and {"dtype": "auto", **json.loads(saved.read_text())} != json.loads(config.to_json()):
+    # A run saved before the dtype or text_tower key existed ran with its default.
+    before = {"dtype": "auto", "text_tower": None}
+    if saved.exists() and {**before, **json.loads(saved.read_text())} != json.loads(config.to_json()):
         raise ValueError(f"{output} holds a run with a different config: choose another output folder")
     if rank == 0 and not saved.exists():
         saved.write_text(config.to_json())
@@ -211,7 +217,7 @@ def run_analysis(
         writer.writerows(kept)
 
     if runner is None:
-        runner = load_runner(config.model, device=config.device, dtype=config.dtype)
+        runner = load_runner(config.model, device=config.device, dtype=config.dtype, text_tower=config.text_tower)
     vocab = COCO_VOCABULARY if config.source["kind"] != "scenes" else SCENE_VOCABULARY
     start = time.perf_counter()
     todo = [item for item in mine if item.item_id not in complete]

@@ -120,6 +120,7 @@ class ComparePipeline:
         return {
             "model": meta.get("model"),
             "device": meta.get("device"),
+            "text_tower": meta.get("text_tower"),  # CLIP's text half for CDPruner, or None
             "n_tokens": n,
             "grid": list(meta["grid"]),
             "presets": list(meta["budget_presets"]),  # the model's own: its family's paper budgets, scaled

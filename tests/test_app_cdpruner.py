@@ -66,6 +66,9 @@ def test_it_waits_for_the_question_then_draws_what_it_kept(runners):
     runner = runners[1]
     h = handlers_for(runner)
     pipeline = h.pipeline
+    assert (
+        pipeline.info()["text_tower"] == "tiny-clip" and handlers_for(runners[0]).pipeline.info()["text_tower"] is None
+    )
     described = pipeline.info()["method_info"]["cdpruner"]
     assert described["note"] == QUESTION_NOTE and not described["replayable"]
     image = picture(1)

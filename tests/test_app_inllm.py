@@ -76,8 +76,10 @@ def test_the_in_llm_methods_are_offered_and_described(pipeline, handlers):
 
     demo = build_demo(pipeline)
     boxes = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "methods"]
-    assert ("fastv (in-LLM)", "fastv") in [tuple(c) for c in boxes[0].choices]
-    assert "each prunes inside the LLM at layer K" in boxes[0].info
+    choices = [tuple(c) for c in boxes[0].choices]
+    assert ("fastv (in-LLM)", "fastv") in choices and ("cdpruner (per question)", "cdpruner") in choices
+    assert "In-LLM (dart-llm, fastv): each prunes inside the LLM at layer K" in boxes[0].info
+    assert "Per question (cdpruner): each selects before the LLM by the question's CLIP text embedding" in boxes[0].info
     radios = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Method"]
     assert "fastv" not in [value for _, value in radios[0].choices]  # no pre-LLM walk to step through
 

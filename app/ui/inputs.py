@@ -49,16 +49,24 @@ def _param_box(slot: ParamSlot, shown: bool) -> gr.Number | gr.Checkbox:
 
 
 def _method_label(method: str, info: dict[str, Any]) -> str:
-    """A method's checkbox label: its name, marked when it prunes inside the LLM."""
-    return f"{method} (in-LLM)" if info["method_info"][method].get("note") else method
+    """A method's checkbox label: its name, marked when it prunes inside the LLM or reads the question."""
+    described = info["method_info"][method]
+    if not described.get("note"):
+        return method
+    return f"{method} (in-LLM)" if described["stage"] == "in-llm" else f"{method} (per question)"
 
 
 def _in_llm_line(info: dict[str, Any]) -> str | None:
-    """The line under the method list naming the in-LLM methods and what that means, or None."""
-    notes = {m: d["note"] for m, d in info["method_info"].items() if d.get("note") and m in info["methods"]}
-    if not notes:
+    """The line under the method list naming the methods that choose from the question and how, or None."""
+    kinds: dict[str, tuple[list[str], str]] = {}
+    for m in info["methods"]:
+        d = info["method_info"][m]
+        if d.get("note"):
+            kind = "In-LLM" if d["stage"] == "in-llm" else "Per question"
+            kinds.setdefault(kind, ([], d["note"]))[0].append(m)
+    if not kinds:
         return None
-    return f"In-LLM ({', '.join(notes)}): each {next(iter(notes.values()))}."
+    return " ".join(f"{kind} ({', '.join(names)}): each {note}." for kind, (names, note) in kinds.items())
 
 
 def build_inputs(h: Handlers, room: int | None, examples: list[list[Any]]) -> Inputs:

@@ -42,7 +42,8 @@ def build_demo(pipeline: Any, *, examples: list[list[Any]] | None = None) -> gr.
         gr.Markdown(INTRO)
         gr.Markdown(
             f"Model **{info['model']}** on **{info['device']}** · {info['n_tokens']} visual tokens "
-            f"({info['grid'][0]}×{info['grid'][1]})",
+            f"({info['grid'][0]}×{info['grid'][1]})"
+            + (f" · text tower **{info['text_tower']}** (CDPruner)" if info.get("text_tower") else ""),
             elem_id="model-line",
         )
         with gr.Row():

@@ -19,14 +19,16 @@ from app.analysis.run import items_for, run_analysis
 from app.analysis.scoring import aggregate, chair_scores, pope_scores, score_answer
 from app.analysis.sources import Problem, coco_items, pope_items
 from app.analyze import main
-from app.runtime import GenerationOptions, Runner
+from app.runtime import GenerationOptions, Runner, load_runner
 from app.runtime.images import load_image
-from app.runtime.synthetic import build_model, build_processor, build_tokenizer, tiny_family
+from app.runtime.synthetic import build_clip, build_model, build_processor, build_tokenizer, tiny_family
+from app.selection_numbers import selection_numbers
 from scenes.tasks import SCENE_VOCABULARY
 from scoring import COCO_VOCABULARY, normalize_words
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"select_ms", "batch_ms"}
+KEPT = ("n_visual_tokens", "kept_erank", "retained_attention")  # a row's numbers of the tokens it kept
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +37,21 @@ def runner():
     return Runner.from_model(build_model(tokenizer), build_processor(tokenizer), name="tiny")
 
 
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny LLaVA folder ``llava`` and ``clip``, a tiny CLIP whose vision half is its tower (``build_clip``)."""
+    root, tokenizer = tmp_path_factory.mktemp("models"), build_tokenizer()
+    model = build_model(tokenizer)
+    for name, parts in (("llava", (model, build_processor(tokenizer))), ("clip", build_clip(model, positions=8))):
+        for part in parts:
+            part.save_pretrained(root / name)
+    return root
+
+
 def config(tmp_path, **extra):
-    raw = {
-        "model": "tiny",
-        "output": str(tmp_path / "out"),
-        "source": {"kind": "scenes", "per_complexity": 3, "levels": ["simple", "complex"]},
-        "methods": ["attention", "diversity"],
-        "budgets": [4],
-        "tasks": ["caption", "exists"],
-        "max_new_tokens": 4,
-    }
+    raw = {"model": "tiny", "output": str(tmp_path / "out"), "methods": ["attention", "diversity"], "budgets": [4],
+           "source": {"kind": "scenes", "per_complexity": 3, "levels": ["simple", "complex"]},
+           "tasks": ["caption", "exists"], "max_new_tokens": 4}  # fmt: skip
     raw.update(extra)
     return parse_config(raw)
 
@@ -161,13 +168,9 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, runner):
     )
 
 
-def test_two_process_sharding_equals_single_process(tmp_path, runner):
-    folder = tmp_path / "model"
-    tokenizer = build_tokenizer()
-    build_model(tokenizer).save_pretrained(folder)
-    build_processor(tokenizer).save_pretrained(folder)
+def test_two_process_sharding_equals_single_process(tmp_path, folders):
     raw = {
-        "model": str(folder), "output": str(tmp_path / "sharded"),
+        "model": str(folders / "llava"), "output": str(tmp_path / "sharded"),
         "source": {"kind": "scenes", "per_complexity": 2, "levels": ["simple", "complex"]},
         "methods": ["attention", "adaptive"], "budgets": [4], "tasks": ["caption"], "max_new_tokens": 3,
         "device": "cpu",
@@ -243,6 +246,47 @@ def test_in_llm_methods_the_model_refuses_stop_the_run_before_any_answer(tmp_pat
     err = capsys.readouterr().err
     assert "error: dart-llm at K=4: method 'dart-llm' cannot run on 'tiny-qwen' (qwen2_5_vl)" in err
     assert "M-RoPE" in err and read_rows(tmp_path / "qwen" / "results.jsonl") == []
+
+
+def test_cdpruner_rows_keep_each_questions_own_set_from_the_configs_text_tower(tmp_path, folders):
+    llava, clip = str(folders / "llava"), str(folders / "clip")
+    scenes = {"kind": "scenes", "per_complexity": 1, "levels": ["simple", "complex"]}
+    cfg = config(tmp_path, model=llava, text_tower=clip, methods=["attention", "cdpruner"], source=scenes,
+                 device="cpu", dtype="float32")  # fmt: skip
+    run_analysis(cfg, progress=False)  # loads the model with the config's text tower
+    rows = read_rows(Path(cfg.output) / "results.jsonl")
+    ours = [r for r in rows if r["label"] == "cdpruner"]
+    assert len(ours) == len(rows) // 3 and {r["kept_per"] for r in ours} == {"question"}
+    assert {r["kept_per"] for r in rows if r["label"] != "cdpruner"} == {"image"}
+    direct, options = load_runner(llava, "cpu", "float32", text_tower=clip), GenerationOptions(max_new_tokens=4)
+    for item in items_for(cfg, []):
+        encoding, kept = direct.encode(load_image(item.load()), use_cache=False), set()
+        for r in (r for r in ours if r["item_id"] == item.item_id):  # one image, each of its questions
+            sel = direct.select(encoding, "cdpruner", 4, prompt=r["prompt"])
+            numbers = selection_numbers(direct, encoding, sel)
+            assert r["answer"] == direct.generate(encoding, r["prompt"], sel, options).text
+            assert [r[k] for k in KEPT] == pytest.approx([numbers[k] for k in KEPT])
+            kept.add(tuple(sel.keep.tolist()))
+        assert len(kept) > 1  # the image's questions keep different sets
+    summary = (Path(cfg.output) / "summary.md").read_text()
+    assert "| cdpruner | 4 |" in summary and "cdpruner (selects before the LLM, from the question's CLIP" in summary
+
+
+def test_cdpruner_without_a_text_tower_is_refused_before_any_answer(tmp_path, runner, monkeypatch):
+    cfg = config(tmp_path, methods=["attention", "cdpruner"], source={"kind": "scenes", "per_complexity": 1})
+    monkeypatch.setattr(runner, "generate_many", lambda *args, **kwargs: pytest.fail("answered"))
+    with pytest.raises(ValueError, match=r"cdpruner at K=4: method 'cdpruner' needs .* without a text tower"):
+        run_analysis(cfg, runner=runner, progress=False)
+    assert read_rows(Path(cfg.output) / "results.jsonl") == []
+
+
+def test_the_text_tower_option_overrides_the_configs(tmp_path, monkeypatch):
+    raw = {"model": "tiny", "output": str(tmp_path / "o"), "text_tower": "a", "budgets": [4],
+           "source": {"kind": "scenes", "per_complexity": 1}, "methods": ["cdpruner"]}  # fmt: skip
+    path, seen, done = tmp_path / "c.json", [], {"problems": [], "rows": 0, "seconds": 0.0, "skipped": 0, "summary": ""}
+    path.write_text(json.dumps(raw))
+    monkeypatch.setattr("app.analyze.run_analysis", lambda cfg, **kwargs: seen.append(cfg.text_tower) or done)
+    assert main([str(path), "--quiet"]) == 0 == main([str(path), "--quiet", "--text-tower", "b"]) and seen == ["a", "b"]
 
 
 # -- sources and bad input -----------------------------------------------------------------------
@@ -331,17 +375,13 @@ def test_pope_source_reports_bad_lines(tmp_path):
         ({"colour": "blue"}, "unknown key"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"dtype": "float8"}, r"dtype must be one of auto, float32, bfloat16, float16, got 'float8'"),
+        ({"text_tower": 3}, r"text_tower must be a CLIP checkpoint folder or hub id \(a string\), got 3"),
+        ({"methods": [{"method": "cdpruner", "params": {"theta": 1}}]}, r"\(cdpruner\): theta must be None"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, change, message):
-    raw = {
-        "model": "tiny",
-        "output": str(tmp_path / "o"),
-        "source": {"kind": "scenes", "per_complexity": 1},
-        "methods": ["attention"],
-        "budgets": [4],
-        **change,
-    }
+    raw = {"model": "tiny", "output": str(tmp_path / "o"), "source": {"kind": "scenes", "per_complexity": 1},
+           "methods": ["attention"], "budgets": [4], **change}  # fmt: skip
     with pytest.raises(ValueError, match=message):
         parse_config(raw)
     path = tmp_path / "c.json"
@@ -362,18 +402,18 @@ def test_dtype_defaults_to_auto_and_reaches_the_saved_config(tmp_path):
     assert chosen.dtype == "bfloat16" and json.loads(chosen.to_json())["dtype"] == "bfloat16"
 
 
-def test_a_run_saved_before_the_dtype_key_resumes(tmp_path, runner):
+def test_a_run_saved_before_the_dtype_and_text_tower_keys_resumes(tmp_path, runner):
     cfg = config(tmp_path, tasks=["exists"], source={"kind": "scenes", "per_complexity": 1, "levels": ["simple"]})
     output = Path(cfg.output)
     output.mkdir(parents=True)
-    old = {k: v for k, v in json.loads(cfg.to_json()).items() if k != "dtype"}
+    old = {k: v for k, v in json.loads(cfg.to_json()).items() if k not in ("dtype", "text_tower")}
     (output / "config.json").write_text(json.dumps(old))
     assert run_analysis(cfg, runner=runner, progress=False)["rows"] > 0
     with pytest.raises(ValueError, match="different config"):
         run_analysis(dataclasses.replace(cfg, dtype="float16"), runner=runner, progress=False)
 
 
-@pytest.mark.parametrize("name", ["scenes.toml", "hybrid-study.toml", "inllm.toml"])
+@pytest.mark.parametrize("name", ["scenes.toml", "hybrid-study.toml", "inllm.toml", "cdpruner.toml"])
 def test_shipped_configs_are_valid(name):
     from app.analysis.config import load_config
 
@@ -383,19 +423,9 @@ def test_shipped_configs_are_valid(name):
 
 def test_task_table_scores_each_task_per_level():
     def row(label, budget, level, task, correct, gold="", pred=""):
-        return {
-            "item_id": f"{level}-{task}-{correct}",
-            "label": label,
-            "budget": budget,
-            "complexity": level,
-            "complexity_bin": "simple",
-            "task": task,
-            "correct": correct,
-            "gold": gold,
-            "pred": pred,
-            "kept_erank": 1.0,
-            "retained_attention": 0.5,
-        }
+        return {"item_id": f"{level}-{task}-{correct}", "label": label, "budget": budget, "complexity": level,
+                "complexity_bin": "simple", "task": task, "correct": correct, "gold": gold, "pred": pred,
+                "kept_erank": 1.0, "retained_attention": 0.5}  # fmt: skip
 
     rows = [
         row("attention", 8, "simple", "color", True),

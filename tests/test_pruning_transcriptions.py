@@ -9,6 +9,7 @@ import pruning
 from benchmarks.plain import plain_cdpruner, plain_dart, plain_downsample, plain_prumerge_plus
 from benchmarks.selection import with_query
 from benchmarks.synthetic import synthetic_inputs
+from pruning.methods.cdpruner import _dpp_device, _dpp_host, cdpruner_kernel, question_relevance
 from pruning.methods.downsample import pooling_cells
 from pruning.methods.prumerge import iqr_outliers
 
@@ -326,3 +327,17 @@ def test_defaults_are_the_authors():
     assert pruning.method_params("downsample") == {}
     assert pruning.get_method("cdpruner").needs == ("patch_embeds", "text_embeds")
     assert pruning.get_method("cdpruner").replayable and not pruning.get_method("dart").replayable
+
+
+@pytest.mark.parametrize("n, rank, budget", [(40, 40, 12), (64, 5, 9), (16, 3, 16), (300, 300, 64)])
+def test_cdpruner_host_and_device_walks_pick_alike(n, rank, budget):
+    """The CPU walk (NumPy) and the CUDA one (torch, no host sync), both run here on one kernel:
+    the same picks and DPP count, exhausted kernels (rank < budget) included."""
+    g = torch.Generator().manual_seed(n + rank)
+    feats = torch.randn(n, rank, generator=g) @ torch.randn(rank, 48, generator=g)
+    relevance = question_relevance(torch.randn(n, 8, generator=g), torch.randn(2, 8, generator=g), None)
+    kernel = cdpruner_kernel(feats, relevance)
+    host, host_picks = _dpp_host(kernel, budget)
+    device, device_picks = _dpp_device(kernel, budget)
+    assert host.tolist() == device.tolist() and int(host_picks) == int(device_picks)
+    assert sorted(set(host.tolist())) == sorted(host.tolist())

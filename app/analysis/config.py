@@ -145,7 +145,8 @@ def load_config(path: str | Path, **overrides: Any) -> AnalysisConfig:
 
 def parse_config(raw: dict[str, Any], where: str = "config") -> AnalysisConfig:
     """Validate a config mapping, naming the first offending key."""
-    known = {"model", "output", "source", "methods", "budgets", "tasks", "max_new_tokens", "device", "dtype", "text_tower"}
+    known = {"model", "output", "source", "methods", "budgets", "tasks", "max_new_tokens", "device", "dtype",
+             "text_tower"}  # fmt: skip
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")

@@ -136,12 +136,12 @@ def _per_question_note(config: AnalysisConfig) -> list[str]:
     lines = [""]
     in_llm = [m for m in asks if pruning.get_method(m.method).stage == "in-llm"]
     if in_llm:
-        layers = {m.label: {**pruning.method_params(m.method), **m.params}["layer"] for m in in_llm}
-        lines.append(f"In-LLM methods: {', '.join(f'{lab} (from decoder layer {lay})' for lab, lay in layers.items())}.")
-    before = [m.label for m in asks if m not in in_llm]
-    if before:
-        where = ", ".join(f"{label} (before the LLM, from the question's CLIP text embedding: from decoder layer 0)" for label in before)
-        lines.append(f"Question-reading methods: {where}.")
+        layers = [(m.label, {**pruning.method_params(m.method), **m.params}["layer"]) for m in in_llm]
+        lines.append("In-LLM methods: " + ", ".join(f"{lab} (from decoder layer {lay})" for lab, lay in layers) + ".")
+    reading = [m.label for m in asks if m not in in_llm]
+    if reading:
+        where = "selects before the LLM, from the question's CLIP text embedding: layer 0"
+        lines.append("Question-reading methods: " + ", ".join(f"{lab} ({where})" for lab in reading) + ".")
     return [
         *lines,
         "They choose their tokens from each question, so their kept set differs per question (their rows",

@@ -12,6 +12,7 @@ from .attention import selection_from_order
 
 __all__ = ["RELEVANCE_EPS", "cdpruner_kernel", "dpp_greedy", "question_relevance", "select_cdpruner"]
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 RELEVANCE_EPS = 1e-6  # methods.md §12: added to the shifted relevance before min–max scaling
 
 
@@ -38,8 +39,8 @@ def question_relevance(patch_embeds: torch.Tensor, text_embeds: torch.Tensor, th
 
 def cdpruner_kernel(feats: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     """L = diag(r) · S · diag(r), S_ij = cos(F_i, F_j) in float32. (N, D), (N,) -> (N, N)."""
-    sim, _ = cosine_matrix(feats, "feats")  # (N, N)
-    return relevance[:, None] * sim * relevance[None, :]
+    sim, _ = cosine_matrix(feats, "feats")  # (N, N), a fresh tensor: scaled in place, (r_i · S_ij) · r_j
+    return sim.mul_(relevance[:, None]).mul_(relevance[None, :])
 
 
 def dpp_greedy(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,13 +133,14 @@ def select_cdpruner(inputs: PruneInputs, budget: int, *, theta: float | None = N
     ``info``: ``relevance`` (N,) CPU float32, ``n_dpp_picks`` (picks before any fill-up), ``theta``.
     """
     relevance = question_relevance(inputs.patch_embeds, inputs.text_embeds, theta)  # (N,)
-    kernel = cdpruner_kernel(inputs.feats, relevance)  # (N, N)
-    if not bool(torch.isfinite(kernel).all()):
-        largest = float(relevance.max())
+    largest = float(relevance.max())
+    bound = largest * largest * (1 + 2**-20)  # |L_ij| <= r_i · r_j · |cos_ij| <= max(r)², up to rounding
+    if not bound <= FLOAT32_MAX:
         raise ValueError(
             f"the CDPruner kernel overflows float32 (largest relevance {largest:.4g}, theta = {theta}): "
             "use a smaller theta"
         )
+    kernel = cdpruner_kernel(inputs.feats, relevance)  # (N, N)
     order, dpp_picks = dpp_greedy(kernel, budget)
     info = {"relevance": relevance.cpu(), "n_dpp_picks": int(dpp_picks), "theta": theta}
     return selection_from_order("cdpruner", inputs, order, info)

@@ -147,7 +147,11 @@ class ComparePipeline:
     def _request(self, key: str, methods: Any, budget: Any, session: str) -> tuple[_Entry, list[str], int]:
         """The held image, the methods and the budget of one request, checked."""
         entry = self._entry(key, session)
-        return entry, check_methods(methods), check_budget(budget, self.n_tokens)
+        return entry, check_methods(methods), check_budget(budget, self.budget_limit(key, session))
+
+    def budget_limit(self, key: str, session: str = DEFAULT_SESSION) -> int:
+        """The largest budget for the loaded image: N, or the image's own N where it is more (LLaVA-OneVision)."""
+        return max(self.n_tokens, self._entry(key, session).encoding.n_tokens)
 
     def prompt_room(self) -> int:
         """How many prompt tokens fit beside all visual tokens and ``max_new_tokens`` new ones."""
@@ -176,9 +180,7 @@ class ComparePipeline:
             "grid": list(encoding.grid),
             "image_erank": encoding.image_erank,
             "attention_entropy": encoding.attention_entropy,
-            "normalized_entropy": encoding.attention_entropy / math.log(encoding.n_tokens)
-            if encoding.n_tokens > 1
-            else 0.0,
+            "normalized_entropy": encoding.attention_entropy / math.log(max(encoding.n_tokens, 2)),
             "complexity": self.runner.calibration.bin(encoding.image_erank),
             "calibration": {
                 "erank_avg": cal.erank_avg,
@@ -210,11 +212,8 @@ class ComparePipeline:
             example=example.name if example else None,
             objects=example.objects if example else None,
         )
-        inputs = encoding.inputs
-        nbytes = (
-            tensor_bytes(inputs.feats_pre, inputs.feats, inputs.cls_attn, inputs.keys, inputs.cls_feat, encoding.prefix)
-            + 3 * VIEW_SIZE * VIEW_SIZE
-        )
+        i = encoding.inputs
+        nbytes = tensor_bytes(i.feats_pre, i.feats, i.cls_attn, i.keys, i.cls_feat, encoding.prefix) + 3 * VIEW_SIZE**2
         return key, self.store.put(session, key, entry, nbytes)
 
     def key_for(self, image: Any, session: str = DEFAULT_SESSION) -> str:
@@ -338,7 +337,7 @@ class ComparePipeline:
     ) -> dict[str, dict[str, list[float]]]:
         """Kept erank and retained attention from 8 tokens to all of them (selection only), cached.
 
-        In-LLM methods are left out: what they keep depends on the question, so there is no
+        Methods that choose from the question (in-LLM ones, CDPruner) are left out: there is no
         selection to sweep before an answer.
         """
         entry = self._entry(key, session)
@@ -349,13 +348,9 @@ class ComparePipeline:
             chosen = dict((params or {}).get(method, {}))
             cache_key = (method, tuple(sorted(chosen.items())), tuple(budgets))
             if cache_key not in entry.sweeps:
-                rows = {"budget": [], "kept_erank": [], "retained_attention": []}
-                for b in budgets:
-                    nums = self._numbers(entry, self.runner.select(entry.encoding, method, b, **chosen))
-                    rows["budget"].append(b)
-                    rows["kept_erank"].append(nums["kept_erank"])
-                    rows["retained_attention"].append(nums["retained_attention"])
-                entry.sweeps[cache_key] = rows
+                nums = [self._numbers(entry, self.runner.select(entry.encoding, method, b, **chosen)) for b in budgets]
+                rows = {name: [n[name] for n in nums] for name in ("kept_erank", "retained_attention")}
+                entry.sweeps[cache_key] = {"budget": list(budgets), **rows}
             out[method] = entry.sweeps[cache_key]
         return out
 
@@ -474,15 +469,17 @@ class ComparePipeline:
         private session released at the end).
         """
         methods = check_methods(methods)
-        budget = None if budget is None else check_budget(budget, self.n_tokens)
+        most = max(self.n_tokens, self.runner.adapter.max_image_tokens)  # any image's N; checked again once loaded
+        budget = None if budget is None else check_budget(budget, most)
         prompt = self.check_prompt(prompt)
         typed = typed_truth(truth_text, self.vocabulary)
         session = f"call-{uuid.uuid4().hex}"
         try:
             summary = self.load(image, session)
             key = summary.pop("key")
-            budget = default_budget(summary["n_tokens"], summary["presets"]) if budget is None else budget
             entry = self._entry(key, session)
+            budget = default_budget(summary["n_tokens"], summary["presets"]) if budget is None else budget
+            budget = check_budget(budget, self.budget_limit(key, session))
             answers = self._answer(entry, prompt, methods, budget, params, typed, True, cancel, None, session)
             views = self._view(entry, methods, budget, params, None, session)  # in-LLM: what the answers kept
         finally:

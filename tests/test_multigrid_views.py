@@ -362,3 +362,21 @@ def test_qwen_api_default_budget_and_page_presets_follow_the_image(qwen, tmp_pat
     update = out[radio]
     assert [value for _, value in update.choices] == [str(p) for p in shares_of(n)]
     assert update.value == str(shares_of(n)[0])
+
+
+def test_onevision_budgets_reach_an_image_that_gives_more_than_the_nominal_n():
+    """OneVision's unshrunk grid just under its threshold gives more tokens than the nominal N; the
+    page's slider and every request then go up to that image's own N (keeping every token)."""
+    ov = pipeline_of("llava_onevision")
+    big = ov.load(random_image(21, (57, 113)))
+    small = ov.load(random_image(22, (60, 60)))
+    assert big["n_tokens"] > ov.n_tokens >= small["n_tokens"]
+    assert ov.budget_limit(big["key"]) == big["n_tokens"] and ov.budget_limit(small["key"]) == ov.n_tokens
+    every = ov.view(big["key"], ["attention"], big["n_tokens"])["attention"]
+    assert every["n_visual_tokens"] == big["n_tokens"]
+    with pytest.raises(ValueError, match=f"budget must be a whole number from 1 to {big['n_tokens']}"):
+        ov.view(big["key"], ["attention"], big["n_tokens"] + 1)
+    with pytest.raises(ValueError, match=f"from 1 to {ov.n_tokens}"):
+        ov.view(small["key"], ["attention"], big["n_tokens"])
+    out = ov.compare(random_image(21, (57, 113)), "what is this ?", ["attention"], big["n_tokens"])
+    assert out["methods"]["attention"]["n_visual_tokens"] == big["n_tokens"]

@@ -39,7 +39,8 @@ def wire_view(
 
     def on_load(request: gr.Request, img, k_budget=None):
         """Encode the new image; one that cannot be used clears the page and says why. The preset
-        radio offers the image's own presets (on Qwen2.5-VL they are shares of the image's N)."""
+        radio offers the image's own presets (on Qwen2.5-VL they are shares of the image's N), and
+        the budget slider reaches the image's own N where that is more than the model's (OneVision)."""
         empty = {facts.complexity_plot: None, facts.heatmap: None, columns.full.overlay: None}
         if img is None:  # the image was cleared
             return {key: "", facts.complexity: "Load an image to see its complexity.", **empty}
@@ -57,6 +58,7 @@ def wire_view(
             facts.heatmap: heat_fig,
             columns.full.overlay: pipeline.view_image(k, session_of(request)),
             inputs.budget_preset: gr.Radio(choices=[str(p) for p in presets], value=chosen),
+            inputs.budget: gr.Slider(maximum=pipeline.budget_limit(k, session_of(request))),
         }
 
     def on_view(request: gr.Request, k, chosen_methods, k_budget, colour, *pvals):
@@ -91,6 +93,7 @@ def wire_view(
             facts.heatmap,
             columns.full.overlay,
             inputs.budget_preset,
+            inputs.budget,
         ],
         api_visibility="private",
         preprocess=False,  # the image reaches the app undecoded (app.widgets); the app checks it

@@ -38,6 +38,7 @@ __all__ = [
     "default_budget",
     "describe_method",
     "image_presets",
+    "pending_line",
     "sweep_budgets",
     "typed_truth",
 ]
@@ -112,6 +113,13 @@ def sweep_budgets(n_tokens: int, points: int) -> list[int]:
         return list(range(1, n_tokens + 1))
     ratio = n_tokens / SWEEP_MIN_BUDGET
     return sorted({min(n_tokens, max(1, round(SWEEP_MIN_BUDGET * ratio ** (i / (points - 1))))) for i in range(points)})
+
+
+def pending_line(pending: str, layer: int | None = None) -> str:
+    """What a per-question method's column says before an answer: ``pending`` as an italic sentence,
+    with the decoder layer it prunes at when that is one (in-LLM methods)."""
+    where = f" (layer {layer})" if layer else ""
+    return f"*{pending[0].upper()}{pending[1:]}*{where}."
 
 
 def describe_method(method: str) -> dict[str, Any]:

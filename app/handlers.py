@@ -28,6 +28,7 @@ from visualizers import (
     tau_schedule_figure,
 )
 
+from .choices import pending_line
 from .messages import brief, markdown_text
 from .runtime.images import ImageFileMissing
 from .sessions import DEFAULT_SESSION, AnswerCancelled
@@ -231,8 +232,7 @@ class Handlers:
         if v.get("refused"):
             stats = f"**Cannot run here:** {markdown_text(v['refused'])}"
         elif v.get("pending"):
-            where = f" (layer {v['layer']})" if v["layer"] else ""
-            stats = f"*{v['pending'][0].upper()}{v['pending'][1:]}*{where}."
+            stats = pending_line(v["pending"], v["layer"])
         else:
             stats = (
                 f"**{v['n_visual_tokens']}** tokens ({v['retention']:.0%}) · retained attention "

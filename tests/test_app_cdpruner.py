@@ -16,6 +16,7 @@ from app.handlers import Handlers
 from app.runtime import GenerationOptions, Runner
 from app.runtime.synthetic import build_clip, build_model, build_processor, build_tokenizer
 from app.runtime.texttower import load_text_tower
+from app.ui import build_demo
 from scoring import COCO_VOCABULARY
 
 PROMPT = "what colour is the car ?"
@@ -71,6 +72,14 @@ def test_it_waits_for_the_question_then_draws_what_it_kept(runners):
     )
     described = pipeline.info()["method_info"]["cdpruner"]
     assert described["note"] == QUESTION_NOTE and not described["replayable"]
+    blocks = build_demo(pipeline).blocks.values()
+    labels = {
+        b.elem_id: b.label for b in blocks if getattr(b, "elem_id", None) in ("overlay-cdpruner", "overlay-fastv")
+    }
+    assert labels == {
+        "overlay-cdpruner": "cdpruner overlay · per question",
+        "overlay-fastv": "fastv overlay · in-LLM, per question",
+    }
     image = picture(1)
     key = pipeline.load(image)["key"]
     v = pipeline.view(key, ["cdpruner"], 4)["cdpruner"]

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import pruning
-from app.choices import IN_LLM_NOTE, IN_LLM_PENDING, check_methods
+from app.choices import IN_LLM_NOTE, IN_LLM_PENDING, check_methods, pending_line
 from app.compare import ComparePipeline
 from app.handlers import Handlers
 from app.replay import replay_frame
@@ -232,7 +232,7 @@ def test_the_columns_hold_the_placeholder_until_an_answer_fills_them(pipeline):
         columns = build_columns(info)
     fastv = next(col for col in columns.methods if col.name == "fastv")
     attention = next(col for col in columns.methods if col.name == "attention")
-    assert fastv.pending == f"*{IN_LLM_PENDING[0].upper()}{IN_LLM_PENDING[1:]}.*" and attention.pending is None
+    assert fastv.pending == pending_line(IN_LLM_PENDING) and attention.pending is None
     assert fastv.overlay in columns.answer_outputs and attention.overlay not in columns.answer_outputs
     outputs = columns.view_and_answer_outputs
     assert len({id(c) for c in outputs}) == len(outputs)

@@ -15,6 +15,8 @@ from typing import Any
 
 import gradio as gr
 
+from ..choices import pending_line
+
 __all__ = ["Column", "Columns", "build_columns"]
 
 HIGHLIGHT_COLOURS = {"correct": "#2ca02c", "hallucinated": "#d62728", "not in full answer": "#ff7f0e"}
@@ -109,12 +111,13 @@ def _full_column() -> Column:
 
 
 def _method_column(method: str, shown: bool, described: dict[str, Any]) -> Column:
-    """A method's column; an in-LLM method's (its registry entry has a ``note``, which the method
-    list shows) says so in its overlay's label, so the overlay stays level with the others."""
-    pending = f"*{described['pending'][0].upper()}{described['pending'][1:]}.*" if described.get("pending") else None
+    """A method's column; one that chooses from the question (its registry entry has a ``note``, which
+    the method list shows) says so in its overlay's label, so the overlay stays level with the others."""
+    pending = pending_line(described["pending"]) if described.get("pending") else None
+    kind = " · in-LLM, per question" if described["stage"] == "in-llm" else " · per question"
     with gr.Column(min_width=220, visible=shown, elem_id=f"col-{method}") as column:
         gr.Markdown(f"### {method}")
-        label = f"{method} overlay" + (" · in-LLM, per question" if described.get("note") else "")
+        label = f"{method} overlay" + (kind if described.get("note") else "")
         overlay = gr.Image(label=label, interactive=False, height=260, elem_id=f"overlay-{method}")
         stats = gr.Markdown(pending or "", elem_id=f"stats-{method}")
         speed = gr.Markdown(elem_id=f"speed-{method}")

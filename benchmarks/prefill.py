@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
     random_dtype = torch.float32 if device == "cpu" else torch.bfloat16
     random_dtype = random_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     if args.model:

@@ -262,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=3, help="distinct synthetic images per case")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: this machine has no CUDA device (torch {torch.__version__})")
     devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device]
     devices = ["cpu"] if devices == ["auto"] else devices
     ok = True

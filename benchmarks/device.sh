@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA checks and GPU figures in one run, for a CUDA machine (about 5 minutes on an H200):
-# the CUDA-only tests, then the selection and prefill benchmarks on the device, figures written
+# The CUDA checks and GPU figures in one run, for a CUDA machine (not yet timed on one: run it
+# under a timeout): the CUDA-only tests, then the selection and prefill benchmarks on the device, figures written
 # under $OUT (default ./device-out). Each step runs even if one before it failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The CUDA checks and GPU figures in one run, for a CUDA machine (not yet timed on one: run it
-# under a timeout): the CUDA-only tests, then the selection and prefill benchmarks on the device, figures written
-# under $OUT (default ./device-out). Each step runs even if one before it failed.
+# The CUDA checks and GPU figures in one run, for a CUDA machine: the CUDA-only tests, then the
+# selection and prefill benchmarks on the device, figures written under $OUT (default ./device-out).
+# Each step runs even if one before it failed. Not yet timed on a GPU: run it under a timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device-out}"

@@ -98,6 +98,17 @@ def test_careless_user_in_the_browser(app_url, tmp_path):
         page.wait_for_function(
             "() => document.querySelector('#answer-summary').innerText.includes('Answers cleared')", timeout=60_000
         )
+        # editing the prompt after an answer clears it once; the keystrokes after that change nothing
+        number.fill("64")
+        number.press("Enter")
+        page.locator("#run").click()
+        page.wait_for_function(
+            "() => document.querySelector('#answer-summary').innerText.includes('Answers for')", timeout=90_000
+        )
+        page.locator("#prompt textarea").press_sequentially(" now", delay=100)
+        page.wait_for_timeout(1500)
+        summary = page.inner_text("#answer-summary")
+        assert "the prompt or ground truth changed" in summary and "Error" not in summary
         # PNG export of what the page shows
         page.get_by_text("Export", exact=True).click()
         page.locator("#export-png").click()

@@ -178,9 +178,23 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
     def on_stop(request: gr.Request):
         h.stop(session_of(request))
 
-    def on_question(request: gr.Request):
-        """A new prompt or ground truth: answers for the old one are stopped and cleared."""
-        return columns.cleared(EDITED) if h.forget_answers(session_of(request)) else {}
+    def on_question(request: gr.Request, k, chosen_methods, k_budget, colour, *pvals):
+        """A new prompt or ground truth: answers for the old one are stopped and cleared. The columns
+        of methods that choose from the question show what the view says of them now: why they wait
+        for an answer, or why this model cannot run them."""
+        session = session_of(request)
+        if not h.forget_answers(session):
+            return {columns.summary: gr.skip()}  # nothing held: leave the page as it is
+        out = columns.cleared(EDITED)
+        try:
+            drawn = h.view(k, chosen_methods, k_budget, list(pvals), colour, session)[0] if k else []
+        except ValueError:  # a setting the view refuses says so on its own event; the answers stay cleared
+            drawn = []
+        cards = {c["method"]: c for c in drawn}
+        for col in columns.methods:
+            if col.pending and col.name in cards:
+                out |= {col.overlay: cards[col.name]["overlay"], col.stats: cards[col.name]["stats"]}
+        return out
 
     answering = gr.on(
         triggers=[inputs.run.click],
@@ -201,7 +215,7 @@ def wire_answer(h: Handlers, key: gr.State, inputs: Inputs, columns: Columns) ->
     gr.on(
         triggers=[inputs.prompt.input, inputs.truth.input],
         fn=guard(on_question),
-        inputs=None,
+        inputs=[key, *inputs.view_settings],
         outputs=columns.answer_outputs,
         api_visibility="private",
         queue=False,

@@ -34,8 +34,8 @@ TEXT_INPUTS = ("patch_embeds", "text_embeds")  # what a text tower gives (``text
 NO_TEXT_TOWER = (
     "method {method!r} needs the question's embedding in the vision tower's joint image-text space, and "
     "{model!r} was loaded without a text tower: load the CLIP checkpoint its tower came from with it "
-    "(--text-tower, or load_runner(..., text_tower=...); for LLaVA-1.5 and LLaVA-NeXT: "
-    "openai/clip-vit-large-patch14-336)"
+    "(--text-tower, an analysis config's text_tower, or load_runner(..., text_tower=...); "
+    "for LLaVA-1.5 and LLaVA-NeXT: openai/clip-vit-large-patch14-336)"
 )
 
 

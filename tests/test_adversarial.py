@@ -546,10 +546,14 @@ def test_editing_the_prompt_clears_its_answers(page, tmp_path, example_image):
     key = stored_key(event(demo, "on_load")(request("s"), img))
     event(demo, "on_view")(request("s"), key, ["attention"], 4, "none", *defaults(h))
     event(demo, "on_answer")(request("s"), img, key, "describe", ["attention"], 4, "", *defaults(h))
-    out = event(demo, "on_question")(request("s"))
+    settings = (key, ["attention", "fastv"], 4, "none", *defaults(h))
+    out = event(demo, "on_question")(request("s"), *settings)
     assert "prompt or ground truth changed" in shown(demo, out, "answer-summary")
+    # a per-question column keeps its view line: here the 2-layer model's refusal, not the generic placeholder
+    assert "Cannot run here:** layer must be in" in shown(demo, out, "stats-fastv")
     assert "answers" not in h.session_record("s")
-    assert event(demo, "on_question")(request("s")) == {}  # nothing left to clear
+    again = event(demo, "on_question")(request("s"), *settings)  # nothing left to clear: the page is left alone
+    assert list(again.values()) == [gr.skip()]
 
 
 def test_answers_finishing_after_the_image_was_cleared_are_discarded(page, tmp_path, example_image):

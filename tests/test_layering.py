@@ -9,6 +9,7 @@ own layer or any layer below. Imports inside functions count: hiding one there d
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,3 +136,19 @@ def test_no_app_module_is_over_500_lines():
         if n > 500
     }
     assert long == {}
+
+
+def test_pruning_imports_only_torch_and_the_standard_library():
+    """``pruning`` is usable wherever torch is: no third-party package but torch, anywhere in its body."""
+    for name, path in modules().items():
+        if not name.startswith("pruning"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                roots = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            for root in roots:
+                assert root == "torch" or root in sys.stdlib_module_names, f"{name} imports {root}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..geometry import cosine_matrix, row_norms
@@ -51,8 +50,8 @@ def dpp_greedy(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.T
     gain is not positive (the picked set already spans every other token; the authors' code would
     take the root of a non-positive number there), the remaining picks are the unpicked tokens in
     index order. On CUDA the loop never waits for the device (``_dpp_device``); on CPU it branches
-    on the host and does all but one reduction per step in NumPy (``_dpp_host``), which costs
-    microseconds a step instead of the ~150 µs of a dozen small torch calls, with the same picks.
+    on the host (``_dpp_host``), which saves the masks and selects the device loop needs, with the
+    same picks.
 
     Returns (K,) picks in order and a 0-d count of the picks the DPP itself made.
     """
@@ -62,25 +61,21 @@ def dpp_greedy(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.T
 
 
 def _dpp_host(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dpp_greedy`` on CPU: the step's reduction (cᵀ_{:,j} · C) and root in torch, as the authors
-    write them, the rest in NumPy on views of the same float32 memory. Elementwise float32
-    arithmetic rounds alike in both, so the picks are bit for bit those of the torch loop."""
-    lk = kernel.detach().contiguous().numpy()
-    n = lk.shape[0]
-    c_rows = torch.zeros(budget, n, dtype=kernel.dtype)  # (K, N) rows of the incremental Cholesky factor
-    c = c_rows.numpy()  # the same memory
-    gains_t = torch.diagonal(kernel).detach().clone()  # (N,)
-    gains = gains_t.numpy()  # the same memory
+    """``dpp_greedy`` on CPU: the same torch arithmetic as the device loop, but each step's pick is
+    a Python int, so rows and gains are indexed directly instead of through masks and ``where``."""
+    n = kernel.shape[0]
+    c = torch.zeros(budget, n, dtype=kernel.dtype)  # (K, N) rows of the incremental Cholesky factor
+    gains = torch.diagonal(kernel).detach().clone()  # (N,)
     order: list[int] = []
     for i in range(budget):
-        j = int(np.argmax(gains))
-        if not gains[j] > 0:
+        j = int(torch.argmax(gains))
+        gain = gains[j]
+        if not bool(gain > 0):
             break
-        root = np.float32(torch.sqrt(gains_t[j]).item())  # torch's root: NumPy's scalar one can differ by an ulp
-        e = (lk[j] - (c_rows[:i, j] @ c_rows[:i]).numpy()) / root  # (N,)
+        e = (kernel[j] - c[:i, j] @ c[:i]) / torch.sqrt(gain)  # (N,)
         c[i] = e
         gains -= e * e
-        gains[j] = -np.inf
+        gains[j] = float("-inf")
         order.append(j)
     dpp_picks = len(order)
     if dpp_picks < budget:  # exhausted: the unpicked tokens in index order

@@ -23,6 +23,7 @@ import pruning
 from scoring import Vocabulary, parse_truth
 
 from .messages import brief
+from .runtime.checks import reads_question
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -133,7 +134,7 @@ def describe_method(method: str) -> dict[str, Any]:
     """
     spec = pruning.get_method(method)
     in_llm = spec.stage == "in-llm"
-    reads = not in_llm and "text_embeds" in spec.needs
+    reads = reads_question(method)
     return {
         "summary": spec.summary,
         "stage": spec.stage,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pruning
 
 from .choices import IN_LLM_PENDING, QUESTION_PENDING
+from .runtime.checks import per_question
 from .sessions import SessionStore
 
 if TYPE_CHECKING:
@@ -51,13 +52,6 @@ class Answered:
     plan: InLLMPlan | QuestionPlan
     prompt: str
     selection: pruning.Selection
-
-
-def per_question(method: str) -> bool:
-    """Whether the registered ``method`` chooses from the question: inside the language model, or
-    before it from the question's text embedding."""
-    spec = pruning.get_method(method)
-    return spec.stage == "in-llm" or "text_embeds" in spec.needs
 
 
 def plan_methods(

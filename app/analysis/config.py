@@ -40,7 +40,7 @@ import torch
 import pruning
 
 from ..preflight import DTYPES
-from ..runtime.checks import reads_question
+from ..runtime.checks import per_question
 
 __all__ = ["SOURCE_KINDS", "TASKS", "AnalysisConfig", "MethodSpec", "load_config", "per_question"]
 
@@ -83,12 +83,6 @@ class AnalysisConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def per_question(method: str) -> bool:
-    """Whether registered ``method`` selects from each question, not once per image: inside the LLM
-    (FastV, DART at layer K), or before it from the question's text embedding (CDPruner)."""
-    return pruning.get_method(method).stage == "in-llm" or reads_question(method)
 
 
 def _method(entry: Any, where: str) -> MethodSpec:

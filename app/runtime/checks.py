@@ -24,7 +24,15 @@ from .records import Encoding, GridPart
 if TYPE_CHECKING:
     from .texttower import TextTower
 
-__all__ = ["QuestionPlan", "check_method", "question_parts", "question_plan", "reads_question", "with_patch_embeds"]
+__all__ = [
+    "QuestionPlan",
+    "check_method",
+    "per_question",
+    "question_parts",
+    "question_plan",
+    "reads_question",
+    "with_patch_embeds",
+]
 
 NEEDED_INPUTS = {
     "keys": "the feature layer's keys (inputs.keys)",
@@ -43,6 +51,13 @@ def reads_question(method: str) -> bool:
     """Whether the registered pre-LLM ``method`` selects from the question's text embedding (CDPruner)."""
     spec = pruning.get_method(method)
     return spec.stage != "in-llm" and "text_embeds" in spec.needs
+
+
+def per_question(method: str) -> bool:
+    """Whether the registered ``method`` chooses from each question, so nothing is selected for it
+    before a prompt: inside the language model (FastV, DART at layer K), or before it from the
+    question's text embedding (CDPruner, ``reads_question``)."""
+    return pruning.get_method(method).stage == "in-llm" or reads_question(method)
 
 
 @dataclass(frozen=True)

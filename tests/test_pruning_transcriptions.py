@@ -331,7 +331,7 @@ def test_defaults_are_the_authors():
 
 @pytest.mark.parametrize("n, rank, budget", [(40, 40, 12), (64, 5, 9), (16, 3, 16), (300, 300, 64)])
 def test_cdpruner_host_and_device_walks_pick_alike(n, rank, budget):
-    """The CPU walk (NumPy) and the CUDA one (torch, no host sync), both run here on one kernel:
+    """The CPU walk (Python-int picks) and the CUDA one (no host sync), both run here on one kernel:
     the same picks and DPP count, exhausted kernels (rank < budget) included."""
     g = torch.Generator().manual_seed(n + rank)
     feats = torch.randn(n, rank, generator=g) @ torch.randn(rank, 48, generator=g)

@@ -62,19 +62,21 @@ def dpp_greedy(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.T
 
 def _dpp_host(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``dpp_greedy`` on CPU: the same torch arithmetic as the device loop, but each step's pick is
-    a Python int, so rows and gains are indexed directly instead of through masks and ``where``."""
+    a Python int, so rows and gains are indexed directly instead of through masks and ``where``, and
+    each step writes into preallocated rows (the walk's cost is the number of torch calls per step)."""
     n = kernel.shape[0]
     c = torch.zeros(budget, n, dtype=kernel.dtype)  # (K, N) rows of the incremental Cholesky factor
     gains = torch.diagonal(kernel).detach().clone()  # (N,)
+    drop = torch.empty_like(gains)  # (N,) e², each step's fall of the gains
     order: list[int] = []
     for i in range(budget):
-        j = int(torch.argmax(gains))
-        gain = gains[j]
-        if not bool(gain > 0):
+        best, at = torch.max(gains, 0)  # the first largest gain, as argmax
+        if not best.item() > 0:
             break
-        e = (kernel[j] - c[:i, j] @ c[:i]) / torch.sqrt(gain)  # (N,)
-        c[i] = e
-        gains -= e * e
+        j = at.item()
+        e = torch.sub(kernel[j], c[:i, j] @ c[:i], out=c[i])  # (N,), row i of C
+        e.div_(torch.sqrt(best))  # torch's sqrt, not math.sqrt: the device loop's rounding
+        gains.sub_(torch.mul(e, e, out=drop))
         gains[j] = float("-inf")
         order.append(j)
     dpp_picks = len(order)

@@ -219,6 +219,10 @@ class PackedBatch:
             its mask (``scenes.train.grounding_loss``): ``<s>`` and every instance of the shape
             1 / (n + 1) each, an instance's share spread evenly over its patches; all zero for the
             other queries, whose head need only put its attention somewhere in the mask.
+        read_index: (R, 3) long, (row, position, part) of each *reading query*: the last prompt
+            token of a question naming one shape, once for the shape word (part 0) and once more
+            for the colour word of a coloured question (part 1); see ``pack_sequences``.
+        read_mask: (R, L) bool, the position of that word in the row.
     """
 
     input_ids: torch.Tensor
@@ -229,6 +233,12 @@ class PackedBatch:
     ground_index: torch.Tensor
     ground_mask: torch.Tensor
     ground_share: torch.Tensor
+    read_index: torch.Tensor
+    read_mask: torch.Tensor
+
+
+READ_PARTS = ("shape", "color")
+"""What each reading query's part indexes: the question's shape word (0) or its colour word (1)."""
 
 
 def pack_sequences(
@@ -260,6 +270,12 @@ def pack_sequences(
     from the mixture; for a shape the row does not show (n = 0), all of it on ``<s>``. A plain mass
     target over the shape's patches cannot carry n: attention averages whatever it lands on, and
     the average of one star's patches looks like that of two stars'.
+
+    Every row also lists *reading queries* (``read_index``, ``read_mask``), which need no patch
+    targets: from the last prompt token of a question naming one shape (existence, colour, count),
+    the position of the shape word and, in a coloured existence question, of the colour word. The
+    query token must carry both words before its grounding query can pick the named object's
+    patches (``scenes.train.reading_loss``).
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     head = tokenizer("<s>USER: ", add_special_tokens=False)["input_ids"]
@@ -275,6 +291,7 @@ def pack_sequences(
     rows = []
     # (row, query position, kept-patch mask, kept-patch share or None)
     grounds: list[tuple[int, int, np.ndarray, np.ndarray | None]] = []
+    reads: list[tuple[int, int, int, int]] = []  # (row, query position, part, word position)
     for b, (samples, count) in enumerate(zip(sample_lists, counts, strict=True)):
         prefix = head + [image_id] * count
         ids, pos, seg, lab = list(prefix), list(range(len(prefix))), [0] * len(prefix), [-100] * len(prefix)
@@ -282,8 +299,10 @@ def pack_sequences(
         for k, sample in enumerate(samples, start=1):
             q = tokenizer(f"\n{sample.prompt} ASSISTANT:", add_special_tokens=False)["input_ids"]
             a = tokenizer(f" {sample.answer}</s>", add_special_tokens=False)["input_ids"]
+            offset = len(ids)
+            for part, at in _reading(tokenizer, sample, q):
+                reads.append((b, offset + len(q) - 1, part, offset + at))
             if patch_targets is not None:
-                offset = len(ids)
                 for at, mask, share in _grounding(tokenizer, sample, q, a, patch_targets[b]):
                     grounds.append((b, offset + at, mask, share))
             start = len(prefix)
@@ -326,9 +345,40 @@ def pack_sequences(
             ground_mask[g, 0] = True  # <s>: the reference the instances are counted against
             ground_share[g, len(head) : len(head) + len(share)] = torch.from_numpy(share)
             ground_share[g, 0] = 1.0 - float(share.sum())
+    read_index = torch.tensor([r[:3] for r in reads], dtype=torch.long).reshape(-1, 3)
+    read_mask = torch.zeros((len(reads), length), dtype=torch.bool)
+    for r, (*_, at) in enumerate(reads):
+        read_mask[r, at] = True
     return PackedBatch(
-        input_ids, position_ids, allowed[:, None], labels, weights, ground_index, ground_mask, ground_share
+        input_ids,
+        position_ids,
+        allowed[:, None],
+        labels,
+        weights,
+        ground_index,
+        ground_mask,
+        ground_share,
+        read_index,
+        read_mask,
     )
+
+
+def _reading(tokenizer: PreTrainedTokenizerFast, sample: Sample, prompt_ids: list[int]) -> list[tuple[int, int]]:
+    """(part, position within ``prompt_ids``) of the words a question's last prompt token must read:
+    the shape word (part 0, singular or plural) and a coloured question's colour word (part 1), for
+    a question naming exactly one shape; none for captions and the word question."""
+    if sample.task not in ("exists", "color", "count"):
+        return []
+    mentions = parse_objects(sample.prompt)
+    if len(mentions) != 1:
+        return []
+    named = mentions[0]
+    tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
+    shape_at = [i for i, t in enumerate(tokens) if t in (named.shape, named.shape + "s")]
+    out = [(0, shape_at[-1])] if shape_at else []
+    if named.color is not None:
+        out += [(1, i) for i, t in enumerate(tokens) if t == named.color][-1:]
+    return out
 
 
 def _grounding(

@@ -73,6 +73,7 @@ from scenes.vocabulary import COLORS, SHAPES, WORDS
 
 __all__ = [
     "COUNT_HEAD",
+    "READ_HEADS",
     "AttentionInputs",
     "TrainConfig",
     "VisionHeads",
@@ -81,6 +82,7 @@ __all__ = [
     "grounding_loss",
     "head_attention",
     "main",
+    "reading_loss",
     "sincos_positions",
     "text_loss",
     "text_row",
@@ -94,6 +96,9 @@ STAGE2_SEED_BASE = 50_000_000
 COUNT_HEAD = 1
 """The decoder attention head whose attention the count share queries supervise (head 0 serves the
 other grounding queries: sharing it made wrong-colour questions get "Yes", the model card)."""
+READ_HEADS = (2, 3)
+"""The first decoder layer's heads that the reading queries supervise (``reading_loss``): the first
+reads a question's shape word, the second its colour word, into the question's last token."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class TrainConfig:
         token_dropout: stage-2 share of images that keep only a random subset of their visual tokens
             (``scenes.data.random_keep``) while their answers stay the full image's.
         ground_weight: weight of the stage-2 grounding loss (``grounding_loss``).
+        read_weight: weight of the stage-2 reading loss (``reading_loss``).
         anchor_weight: weight of the stage-1 per-patch target "is this object patch its object's
             anchor patch" (``scenes.data.patch_anchors``), which the count shares read.
         wrong_colour_questions: wrong-colour existence questions ("Is there a purple star?" when
@@ -130,6 +136,7 @@ class TrainConfig:
     max_samples: int = 16
     token_dropout: float = 0.3
     ground_weight: float = 0.5
+    read_weight: float = 0.5
     anchor_weight: float = 1.0
     wrong_colour_questions: int = 2
     warmup: float = 0.05
@@ -244,16 +251,18 @@ def text_loss(
     batch: PackedBatch,
     *,
     ground_weight: float = 0.0,
+    read_weight: float = 0.0,
     parts: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Answer-token cross-entropy of a packed batch, the mean over samples of each sample's token
     mean (``PackedBatch.weights``), so a one-word answer counts as much as a whole caption; plus
     ``ground_weight`` times the grounding loss (``grounding_loss``) when the batch has grounding
-    queries; count share queries supervise head ``COUNT_HEAD``, the others head 0.
+    queries; count share queries supervise head ``COUNT_HEAD``, the others head 0; plus
+    ``read_weight`` times the reading loss of the first layer's ``READ_HEADS`` (``reading_loss``).
 
     ``features`` are the kept feature-layer patch states of all rows concatenated, (T, C) with T the
     number of image tokens in ``batch`` (row by row, raster order within a row). ``parts``, when
-    given, receives the two terms' values as ``text`` and ``ground``.
+    given, receives the terms' values as ``text``, ``ground`` and ``read``.
     """
     image_features = model.model.multi_modal_projector(features)  # (T, D)
     embeds = model.get_input_embeddings()(batch.input_ids)  # (B, L, D)
@@ -262,7 +271,9 @@ def text_loss(
     layers = model.model.language_model.layers
     supervised = [layer.self_attn for layer in (layers[1:] or layers)]
     grounded = ground_weight > 0 and len(batch.ground_index) > 0
-    with AttentionInputs(supervised if grounded else []) as taps:
+    read = read_weight > 0 and len(batch.read_index) > 0
+    tapped = (supervised if grounded else []) + ([layers[0].self_attn] if read else [])
+    with AttentionInputs(tapped) as taps:
         hidden = model.model.language_model(
             inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         ).last_hidden_state  # (B, L, D)
@@ -273,23 +284,50 @@ def text_loss(
     if parts is not None:
         parts["text"] = loss.item()
     if grounded:
-        probs = [head_attention(m, *taps.inputs[i], batch) for i, m in enumerate(supervised)]
+        probs = [head_attention(m, *taps.of(m), batch) for m in supervised]
         count_probs = None
         if bool((batch.ground_share.sum(-1) > 0).any()):
-            count_probs = [head_attention(m, *taps.inputs[i], batch, head=COUNT_HEAD) for i, m in enumerate(supervised)]
+            count_probs = [head_attention(m, *taps.of(m), batch, head=COUNT_HEAD) for m in supervised]
         ground = grounding_loss(probs, batch, count_probs)
         loss = loss + ground_weight * ground
         if parts is not None:
             parts["ground"] = ground.item()
+    if read:
+        reading = reading_loss(layers[0].self_attn, *taps.of(layers[0].self_attn), batch)
+        loss = loss + read_weight * reading
+        if parts is not None:
+            parts["read"] = reading.item()
     return loss
 
 
+def reading_loss(
+    attn: nn.Module, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], batch: PackedBatch
+) -> torch.Tensor:
+    """Mean over the batch's reading queries of −log(the attention mass that the query's
+    ``READ_HEADS`` head of the first decoder layer puts on its word).
+
+    A question's last prompt token is where the answer and the grounding queries start, and in the
+    first layer it can only read the words themselves. Without this target that layer's few heads
+    settle on fixed positions of the common prompts and read no colour word at all, so "Is there a
+    red star?" and "Is there a blue star?" give the same answer (the model card).
+    """
+    losses = []
+    for part, head in enumerate(READ_HEADS):
+        chosen = batch.read_index[:, 2] == part
+        if bool(chosen.any()):
+            p = head_attention(attn, hidden, cos_sin, batch, head=head, queries=batch.read_index[chosen, :2])
+            losses.append(-torch.log((p * batch.read_mask[chosen]).sum(-1) + 1e-6))
+    return torch.cat(losses).mean()
+
+
 class AttentionInputs:
-    """Context manager recording the (hidden states, (cos, sin)) each given attention module receives."""
+    """Context manager recording the (hidden states, (cos, sin)) each given attention module receives:
+    ``inputs`` in call order, ``of(module)`` by module (each module is hooked once)."""
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules = list(modules)
+        self.modules = list(dict.fromkeys(modules))
         self.inputs: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
+        self._by_module: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._handles: list = []
 
     def __enter__(self) -> AttentionInputs:
@@ -300,6 +338,11 @@ class AttentionInputs:
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
         self.inputs.append((hidden, kwargs["position_embeddings"]))
+        self._by_module[id(module)] = self.inputs[-1]
+
+    def of(self, module: nn.Module) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """What ``module`` received in the forward pass (its last call)."""
+        return self._by_module[id(module)]
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
@@ -312,15 +355,18 @@ def head_attention(
     cos_sin: tuple[torch.Tensor, torch.Tensor],
     batch: PackedBatch,
     head: int = 0,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention probabilities (G, L) of one Llama attention head at the batch's grounding queries,
-    recomputed from the module's input ``hidden`` (B, L, D) and rotary ``cos_sin`` (each (B, L, d)).
+    """Attention probabilities (G, L) of one Llama attention head at the batch's grounding queries
+    (or at the (G, 2) (row, position) ``queries``), recomputed from the module's input ``hidden``
+    (B, L, D) and rotary ``cos_sin`` (each (B, L, d)).
 
     Equal to that head's rows of eager attention (tested), at the cost of G query rows instead of
     B·H·L: the decoder itself runs with its fast attention and keeps no probabilities.
     """
     d = attn.head_dim
-    rows, pos = batch.ground_index[:, 0], batch.ground_index[:, 1]
+    index = batch.ground_index if queries is None else queries
+    rows, pos = index[:, 0], index[:, 1]
     kv_head = head // attn.num_key_value_groups
     q = nnf.linear(hidden[rows, pos], attn.q_proj.weight[head * d : (head + 1) * d], _rows(attn.q_proj.bias, head, d))
     k = nnf.linear(hidden, attn.k_proj.weight[kv_head * d : (kv_head + 1) * d], _rows(attn.k_proj.bias, kv_head, d))
@@ -452,8 +498,10 @@ def train(
         raise ValueError(f"wrong_colour_questions must be >= 1, got {cfg.wrong_colour_questions}")
     if not 0 <= cfg.token_dropout <= 1:
         raise ValueError(f"token_dropout must be in [0, 1], got {cfg.token_dropout}")
-    if cfg.model.text_heads <= COUNT_HEAD:
-        raise ValueError(f"the decoder needs more than {COUNT_HEAD} attention heads, got {cfg.model.text_heads}")
+    if cfg.model.text_heads <= max(COUNT_HEAD, *READ_HEADS):
+        raise ValueError(
+            f"the decoder needs more than {max(COUNT_HEAD, *READ_HEADS)} attention heads, got {cfg.model.text_heads}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     tokenizer = build_tokenizer()
@@ -561,6 +609,7 @@ def train(
             torch.cat(kept),
             batch,
             ground_weight=cfg.ground_weight,
+            read_weight=cfg.read_weight,
             parts=parts,
         )
         optimizer.zero_grad(set_to_none=True)
@@ -570,7 +619,7 @@ def train(
         record = {"stage": 2, "step": step, "loss": loss.item()} | parts
         state["history"].append(record)
         state["step"] = step + 1
-        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "ground")})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "ground", "read")})
         if out_of_budget():
             checkpoint(optimizer)
             return {"history": state["history"], "wall_time_s": time.time() - started, "done": False}

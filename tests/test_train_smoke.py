@@ -39,6 +39,7 @@ from scenes.tasks import (
 from scenes.tokenizer import build_processor, build_tokenizer
 from scenes.train import (
     COUNT_HEAD,
+    READ_HEADS,
     SMOKE,
     AttentionInputs,
     TrainConfig,
@@ -584,3 +585,90 @@ def test_grounding_loss_pulls_attention_onto_the_object():
     no_ground: dict[str, float] = {}
     text_loss(model, features, batch, parts=no_ground)
     assert set(no_ground) == {"text"}
+
+
+def test_reading_queries_point_the_last_prompt_token_at_the_named_words():
+    tokenizer = build_tokenizer()
+    scene = _complex_scene()
+    obj = scene.objects[0]
+    cases = [
+        (Sample("exists", existence_prompt(obj.shape, obj.color), "Yes", "positive"), [obj.shape, obj.color]),
+        (Sample("exists", existence_prompt(obj.shape, "purple"), "No", "attribute"), [obj.shape, "purple"]),
+        (Sample("exists", existence_prompt("moon"), "No", "random"), ["moon"]),  # absent shapes are read too
+        (Sample("color", color_prompt(obj.shape), obj.color), [obj.shape]),
+        (Sample("count", count_prompt(obj.shape), str(scene.count(obj.shape))), [obj.shape + "s"]),
+    ]
+    for sample, words in cases:
+        # the sample packed second, after a caption: positions are the row's, not the segment's
+        batch = pack_sequences(tokenizer, [[Sample("caption", "Describe the image.", "a red star."), sample]], 576)
+        tokens = tokenizer.convert_ids_to_tokens(batch.input_ids[0])
+        queries = [tokens[p] for p in batch.read_index[:, 1]]
+        assert queries == [":"] * len(words), sample
+        assert int(batch.labels[0, batch.read_index[0, 1]]) == tokenizer(f" {sample.answer}")["input_ids"][0]
+        assert batch.read_index[:, 2].tolist() == list(range(len(words)))  # shape word, then colour word
+        read = [tokens[int(i)] for i in batch.read_mask.nonzero()[:, 1]]
+        assert read == words and batch.read_mask.sum(-1).tolist() == [1] * len(words), sample
+        # the word is in the query's own segment, before it
+        assert all(
+            batch.attention_mask[0, 0, p, w] for p, w in zip(batch.read_index[:, 1], batch.read_mask.nonzero()[:, 1])
+        )
+    for sample in (
+        Sample("caption", "Describe the image.", "a red star."),
+        Sample("word", "What word is written?", "cat"),
+    ):
+        batch = pack_sequences(tokenizer, [[sample]], 576)
+        assert batch.read_index.shape == (0, 3) and batch.read_mask.shape == (0, batch.input_ids.shape[1])
+
+
+def test_reading_loss_teaches_the_first_layer_to_read_the_colour_word():
+    """Trained with the reading and grounding terms together, the supervised head of the first
+    layer moves its attention onto the colour word of coloured existence questions, as the
+    model's own (eager) attention shows, not only the recomputed rows the loss sees."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_model(dataclasses.replace(SMOKE.model, text_layers=2), tokenizer, seed=5)
+    lm = model.model.language_model
+    lm.set_attn_implementation("eager")
+    scene = _complex_scene()
+    obj = scene.objects[0]
+    colours = ["red", "orange", "yellow", "green", "blue", "purple", "white"]
+    samples = [Sample("exists", existence_prompt(obj.shape, c), "Yes" if c == obj.color else "No") for c in colours]
+    batch = pack_sequences(tokenizer, [samples], 576, [patch_labels(scene)])
+    assert len(batch.ground_index) > 0
+    features = torch.randn(576, model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    rows, pos, part = batch.read_index.T
+    colour = part == 1
+    additive = torch.zeros(batch.attention_mask.shape).masked_fill(~batch.attention_mask, torch.finfo().min)
+
+    @torch.no_grad()
+    def colour_mass() -> float:
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        out = lm(inputs_embeds=embeds, attention_mask=additive, position_ids=batch.position_ids, output_attentions=True)
+        p = out.attentions[0][rows[colour], READ_HEADS[1], pos[colour]]  # (Q, L)
+        return float((p * batch.read_mask[colour]).sum(-1).mean())
+
+    before = colour_mass()
+    params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    reads = []
+    for _ in range(30):
+        parts: dict[str, float] = {}
+        loss = text_loss(model, features, batch, ground_weight=1.0, read_weight=1.0, parts=parts)
+        assert loss.item() == pytest.approx(parts["text"] + parts["ground"] + parts["read"], rel=1e-5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        reads.append(parts["read"])
+    assert reads[-1] < 0.2 * reads[0], reads
+    assert before < 0.5 < colour_mass()
+    # the term is the model's own first-layer attention, whatever else text_loss taps
+    with torch.no_grad():
+        parts = {}
+        text_loss(model, features, batch, ground_weight=1.0, read_weight=1.0, parts=parts)
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        out = lm(inputs_embeds=embeds, attention_mask=additive, position_ids=batch.position_ids, output_attentions=True)
+        heads = torch.tensor(READ_HEADS)[part]
+        p = out.attentions[0][rows, heads, pos]  # (R, L)
+        eager = -torch.log((p * batch.read_mask).sum(-1) + 1e-6)
+    expected = torch.cat([eager[part == 0], eager[part == 1]]).mean()
+    assert parts["read"] == pytest.approx(float(expected), rel=1e-4, abs=1e-6)

@@ -22,7 +22,10 @@ Two stages, LLaVA-style:
    a question or caption phrase is about (``TrainConfig.ground_weight``), and head ``COUNT_HEAD``
    share its attention equally between ``<s>`` and the anchor patch of every instance a count
    question names (all of it on ``<s>`` for an absent shape), so the count is in what that head
-   reads. The loss shapes only training; the exported model is a plain LLaVA.
+   reads. A reading loss makes heads ``READ_HEADS`` of the first decoder layer carry a question's
+   shape word and colour word into its last prompt token (``TrainConfig.read_weight``), where the
+   answer and the grounding queries start. These losses shape only training; the exported model is
+   a plain LLaVA.
 
 Every scene is drawn on the fly from the step number, so the run is a pure function of the seed and
 ``--resume`` continues from the last checkpoint in ``--run-dir`` exactly. The result is saved with

@@ -237,10 +237,6 @@ class PackedBatch:
     read_mask: torch.Tensor
 
 
-READ_PARTS = ("shape", "color")
-"""What each reading query's part indexes: the question's shape word (0) or its colour word (1)."""
-
-
 def pack_sequences(
     tokenizer: PreTrainedTokenizerFast,
     sample_lists: Sequence[Sequence[Sample]],

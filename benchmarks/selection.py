@@ -29,7 +29,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -149,19 +149,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn, images, repeats: int, device: str) -> float:
-    """Median wall time of ``fn(image)`` per image, over ``repeats`` passes of every image."""
-    for image in images:  # warm-up
-        fn(image)
-    times = []
-    for _ in range(repeats):
-        for image in images:
-            _sync(device)
-            start = time.perf_counter()
-            fn(image)
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def interleaved_ms(fns: dict[str, Callable], images, repeats: int, device: str) -> dict[str, float]:
+    """Median wall time per image of each ``fns[name](image)``, the functions taken in turn.
+
+    Each of the ``repeats`` passes runs every function on every image, one function after the
+    other (starting one function later each pass) and each after one untimed call that brings its
+    data back into the caches. A slow spell of the machine (a noisy neighbour, a change of clock)
+    then falls on all of them alike, so the ratios between rows stay fair even when the absolute
+    figures drift, and each figure is still a warm-cache one.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fns[name](images[0])  # warm-up
+            for image in images:
+                _sync(device)
+                start = time.perf_counter()
+                fns[name](image)
+                _sync(device)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def picks(sel: pruning.Selection) -> list[int]:
@@ -188,14 +196,20 @@ def run(cases: Sequence[str], device: str, repeats: int, plain_repeats: int, n_i
         k = case.n // 9
         images = [grid_parts(case, s, device) for s in range(n_images)]  # one tuple of grids per image
         cpu_images = [tuple(dataclasses.replace(p, inputs=p.inputs.to("cpu")) for p in im) for im in images]
-        for method in pruning.list_methods():
-            same = all(
-                picks(select_image(im, method, k)) == plain_image(cpu, method, k) for im, cpu in zip(images, cpu_images)
-            )
-            all_same &= same
-            ours = median_ms(lambda im, m=method, k=k: select_image(im, m, k), images, repeats, device)
-            plain = median_ms(lambda im, m=method, k=k: plain_image(im, m, k), cpu_images, plain_repeats, "cpu")
-            print_row(case.label, k, method, ours, plain, same)
+        methods = pruning.list_methods()
+        same = {
+            m: all(picks(select_image(im, m, k)) == plain_image(cpu, m, k) for im, cpu in zip(images, cpu_images))
+            for m in methods
+        }
+        ours = interleaved_ms(
+            {m: lambda im, m=m, k=k: select_image(im, m, k) for m in methods}, images, repeats, device
+        )
+        plain = interleaved_ms(
+            {m: lambda im, m=m, k=k: plain_image(im, m, k) for m in methods}, cpu_images, plain_repeats, "cpu"
+        )
+        for m in methods:
+            all_same &= same[m]
+            print_row(case.label, k, m, ours[m], plain[m], same[m])
     return all_same
 
 
@@ -238,15 +252,22 @@ def run_in_llm(cases: Sequence[str], device: str, repeats: int, plain_repeats: i
         k = case.n // 9
         states = [layer_inputs(case, s, device) for s in range(n_images)]
         cpu_states = [layer_inputs(case, s, "cpu") for s in range(n_images)]
-        for method in pruning.list_methods("in-llm"):
-            same = all(
-                pruning.select(method, st, k).keep.tolist() == plain_layer(cpu, method, k)
-                for st, cpu in zip(states, cpu_states)
+        methods = pruning.list_methods("in-llm")
+        same = {
+            m: all(
+                pruning.select(m, st, k).keep.tolist() == plain_layer(cpu, m, k) for st, cpu in zip(states, cpu_states)
             )
-            all_same &= same
-            ours = median_ms(lambda st, m=method, k=k: pruning.select(m, st, k), states, repeats, device)
-            plain = median_ms(lambda st, m=method, k=k: plain_layer(st, m, k), cpu_states, plain_repeats, "cpu")
-            print_row(str(case.n), k, method, ours, plain, same)
+            for m in methods
+        }
+        ours = interleaved_ms(
+            {m: lambda st, m=m, k=k: pruning.select(m, st, k) for m in methods}, states, repeats, device
+        )
+        plain = interleaved_ms(
+            {m: lambda st, m=m, k=k: plain_layer(st, m, k) for m in methods}, cpu_states, plain_repeats, "cpu"
+        )
+        for m in methods:
+            all_same &= same[m]
+            print_row(str(case.n), k, m, ours[m], plain[m], same[m])
     return all_same
 
 

@@ -27,9 +27,9 @@ def question_relevance(patch_embeds: torch.Tensor, text_embeds: torch.Tensor, th
     t = text_embeds.float()
     e = e / row_norms(e, "patch_embeds")[:, None]
     t = t / row_norms(t, "text_embeds")[:, None]
-    s = (-(e @ t.T)).mean(dim=1)  # (N,)
-    lo, hi = s.min(), s.max()
-    r = torch.where(hi > lo, (s - lo + RELEVANCE_EPS) / (hi - lo), torch.ones_like(s))
+    s = (e @ t.T).mean(dim=1).neg_()  # (N,); −mean(x) is mean(−x) to the bit
+    lo, hi = torch.aminmax(s)
+    r = (s - lo).add_(RELEVANCE_EPS).div_(hi - lo) if bool(hi > lo) else torch.ones_like(s)
     if theta is not None:
         alpha = theta / (2 * (1 - theta))
         r = torch.exp(alpha * r)
@@ -62,23 +62,36 @@ def dpp_greedy(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.T
 
 def _dpp_host(kernel: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``dpp_greedy`` on CPU: the same torch arithmetic as the device loop, but each step's pick is
-    a Python int, so rows and gains are indexed directly instead of through masks and ``where``, and
-    each step writes into preallocated rows (the walk's cost is the number of torch calls per step)."""
+    a Python int, so rows and gains are indexed directly instead of through masks and ``where``.
+
+    The walk's cost is the number of torch calls per step (about 11), not their arithmetic, so it
+    runs in inference mode (no autograd bookkeeping per call) and every result lands in a buffer
+    made before the loop: the first largest gain and its index in ``best``/``at``, cᵀ_{:,j} · C in
+    ``proj``, row i of C in a view of ``c``. The returned tensors are made outside inference mode.
+    """
     n = kernel.shape[0]
-    c = torch.zeros(budget, n, dtype=kernel.dtype)  # (K, N) rows of the incremental Cholesky factor
-    gains = torch.diagonal(kernel).detach().clone()  # (N,)
-    drop = torch.empty_like(gains)  # (N,) e², each step's fall of the gains
     order: list[int] = []
-    for i in range(budget):
-        best, at = torch.max(gains, 0)  # the first largest gain, as argmax
-        if not best.item() > 0:
-            break
-        j = at.item()
-        e = torch.sub(kernel[j], c[:i, j] @ c[:i], out=c[i])  # (N,), row i of C
-        e.div_(torch.sqrt(best))  # torch's sqrt, not math.sqrt: the device loop's rounding
-        gains.sub_(torch.mul(e, e, out=drop))
-        gains[j] = float("-inf")
-        order.append(j)
+    with torch.inference_mode():
+        c = torch.zeros(budget, n, dtype=kernel.dtype)  # (K, N) rows of the incremental Cholesky factor
+        rows = c.unbind(0)  # row i of C, written in place
+        cols = c.T  # (N, K): cols[j, :i] is c[:i, j]
+        gains = torch.diagonal(kernel).clone()  # (N,)
+        drop = torch.empty_like(gains)  # (N,) e², each step's fall of the gains
+        best = torch.empty(1, dtype=kernel.dtype)
+        at = torch.empty(1, dtype=torch.long)
+        proj = torch.empty(1, n, dtype=kernel.dtype)  # cᵀ_{:,j} · C, the matmul of the device loop
+        proj_row = proj[0]
+        for i in range(budget):
+            torch.max(gains, 0, keepdim=True, out=(best, at))  # the first largest gain, as argmax
+            if not best.item() > 0:
+                break
+            j = at.item()
+            torch.mm(cols[j : j + 1, :i], c[:i], out=proj)
+            e = torch.sub(kernel[j], proj_row, out=rows[i])  # (N,), row i of C
+            e.div_(best.sqrt_())  # torch's sqrt, not math.sqrt: the device loop's rounding
+            gains.sub_(torch.mul(e, e, out=drop))
+            gains.index_fill_(0, at, float("-inf"))
+            order.append(j)
     dpp_picks = len(order)
     if dpp_picks < budget:  # exhausted: the unpicked tokens in index order
         picked = set(order)
